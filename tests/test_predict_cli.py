@@ -1,0 +1,110 @@
+"""`unet-predict` end to end: photos of any format and size in, mask and overlay at the original size out, and a
+one-line message (no traceback, non-zero exit) for an unreadable photo or an unusable checkpoint."""
+import subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unet_tutorial.inference import predict_files, unet_predict
+from unet_tutorial.model import UNet
+
+SIZES = {'odd.jpg': (333, 257), 'grey.png': (200, 150), 'rgba.png': (97, 61), 'palette.png': (64, 65),
+         'phone.jpg': (120, 80)}  # (width, height) as the photo is seen, upright
+
+
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    "A folder with a tiny checkpoint, broken checkpoints, photos in several formats and a file that is no image."
+    d = tmp_path_factory.mktemp('predict')
+    torch.manual_seed(0)
+    m = UNet(width=4, depth=2)
+    torch.save({'model': m.state_dict(), 'model_config': m.config, 'epoch': 0, 'history': []}, d/'tiny.pt')
+    wide = UNet(width=8, depth=2)
+    torch.save({'model': wide.state_dict(), 'model_config': m.config}, d/'mismatch.pt')  # weights of another width
+    torch.save({'model': m.state_dict()}, d/'no_config.pt')
+    (d/'corrupt.pt').write_bytes((d/'tiny.pt').read_bytes()[:300])
+    rng = np.random.default_rng(0)
+    rgb = lambda w, h: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    p = d/'photos'; p.mkdir()
+    rgb(*SIZES['odd.jpg']).save(p/'odd.jpg')
+    rgb(*SIZES['grey.png']).convert('L').save(p/'grey.png')
+    rgb(*SIZES['rgba.png']).convert('RGBA').save(p/'rgba.png')
+    rgb(*SIZES['palette.png']).convert('P').save(p/'palette.png')
+    exif = Image.Exif(); exif[0x0112] = 6  # EXIF orientation: rotate 90° to view
+    rgb(80, 120).save(p/'phone.jpg', exif=exif)  # stored 80×120, seen 120×80
+    (p/'broken.jpg').write_bytes(b'\xff\xd8\xff not really a jpeg')
+    return d
+
+
+def run_cli(work, *args):
+    "Run `unet-predict` (the installed one, else a script that does what it does) and return the CompletedProcess."
+    exe = Path(sys.executable).parent/'unet-predict'
+    if not exe.exists():
+        exe = work/'unet_predict.py'
+        exe.write_text('import sys\nfrom unet_tutorial.inference import unet_predict\nsys.exit(unet_predict())\n')
+    cmd = [str(exe)] if exe.suffix != '.py' else [sys.executable, str(exe)]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
+
+
+def test_every_format_at_its_own_size(work, tmp_path):
+    photos = [work/'photos'/n for n in SIZES]
+    r = run_cli(work, *photos, '--checkpoint', work/'tiny.pt', '--out', tmp_path/'out', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    assert str((tmp_path/'out').resolve()) in r.stdout
+    for name, size in SIZES.items():
+        stem = Path(name).stem
+        mask, over = Image.open(tmp_path/'out'/f'{stem}_mask.png'), Image.open(tmp_path/'out'/f'{stem}_overlay.png')
+        assert (mask.mode, mask.size) == ('L', size), name
+        assert (over.mode, over.size) == ('RGB', size), name
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}, name
+
+
+def test_unreadable_photo_is_named_and_the_others_done(work, tmp_path):
+    r = run_cli(work, work/'photos'/'broken.jpg', work/'photos'/'grey.png', '--checkpoint', work/'tiny.pt',
+                '--out', tmp_path, '--device', 'cpu')
+    assert r.returncode == 1
+    assert 'broken.jpg' in r.stderr and 'Traceback' not in r.stderr
+    assert Image.open(tmp_path/'grey_mask.png').size == SIZES['grey.png']
+    assert not (tmp_path/'broken_mask.png').exists()
+
+
+def test_checkpoint_of_another_configuration(work, tmp_path):
+    r = run_cli(work, work/'photos'/'grey.png', '--checkpoint', work/'mismatch.pt', '--out', tmp_path/'out')
+    assert r.returncode == 2
+    assert 'mismatch.pt' in r.stderr and 'do not fit' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'out').exists()  # nothing done
+
+
+@pytest.mark.parametrize('ckpt,says', [('missing.pt', 'not found'), ('corrupt.pt', 'not a readable'),
+                                       ('no_config.pt', 'model_config'), ('mismatch.pt', 'of another shape')])
+def test_unusable_checkpoint_exit_code(work, tmp_path, capsys, ckpt, says):
+    code = unet_predict([str(work/'photos'/'grey.png')], checkpoint=str(work/ckpt), out=str(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2 and ckpt in err and says in err
+
+
+@pytest.mark.parametrize('threshold', [0, 1.5])
+def test_threshold_out_of_range(work, tmp_path, threshold):
+    with pytest.raises(ValueError, match='threshold'):
+        predict_files([work/'photos'/'grey.png'], work/'tiny.pt', tmp_path, threshold=threshold)
+
+
+def test_threshold_moves_the_mask(work, tmp_path):
+    "A lower threshold can only add pet pixels."
+    photo = work/'photos'/'odd.jpg'
+    low, _ = predict_files([photo], work/'tiny.pt', tmp_path/'low', threshold=0.1, device='cpu', verbose=False)
+    high, _ = predict_files([photo], work/'tiny.pt', tmp_path/'high', threshold=0.9, device='cpu', verbose=False)
+    lo, hi = (np.asarray(Image.open(w[photo][0])) > 0 for w in (low, high))
+    assert (hi <= lo).all() and lo.sum() >= hi.sum()
+
+
+def test_same_name_in_two_folders_does_not_overwrite(work, tmp_path):
+    other = tmp_path/'other'; other.mkdir()
+    Image.open(work/'photos'/'grey.png').resize((31, 17)).save(other/'grey.png')
+    written, failed = predict_files([work/'photos'/'grey.png', other/'grey.png'], work/'tiny.pt', tmp_path/'out',
+                                    device='cpu', verbose=False)
+    assert not failed and len({m for m, _ in written.values()}) == 2
+    assert Image.open(written[other/'grey.png'][0]).size == (31, 17)
