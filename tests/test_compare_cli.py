@@ -1,0 +1,146 @@
+"""End-to-end tests of the `unet-compare` command line on the CPU: quick mode, resume, interruption, bad input.
+
+Each test runs the installed console script (or `unet_compare()` through `python -c` when the script is not
+installed) in a subprocess, as a user would, with the tensor cache in the test's temporary folder.
+"""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+NAMES = ['maxpool_transpose_bce', 'maxpool_transpose_dice', 'strided_transpose_bce', 'strided_upsample_dice']
+TINY = ['--size', '32', '--width', '4']  # a tiny model, for the tests that check behaviour rather than results
+
+
+def _cmd():
+    exe = Path(sys.executable).parent/'unet-compare'
+    if exe.exists(): return [str(exe)]
+    return [sys.executable, '-c', 'import sys; from unet_tutorial.experiments import unet_compare; sys.exit(unet_compare())']
+
+
+def _env(tmp):
+    return {**os.environ, 'UNET_TUTORIAL_CACHE': str(tmp/'cache'), 'MPLBACKEND': 'Agg', 'IN_TEST': ''}
+
+
+def compare(tmp, *args, timeout=300):
+    "Run `unet-compare ARGS`; return the CompletedProcess (text stdout, stderr)."
+    return subprocess.run(_cmd() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          env=_env(tmp))
+
+
+def history(out, name='maxpool_transpose_bce', seed=0):
+    return json.loads((out/name/f'seed{seed}'/'history.json').read_text())
+
+
+def test_quick_end_to_end(tmp_path):
+    out = tmp_path/'quick'
+    t = time.time()
+    r = compare(tmp_path, '--quick', '--out', out)
+    dt = time.time() - t
+    print(f'unet-compare --quick: {dt:.1f}s on {os.cpu_count()} CPU cores')
+    assert r.returncode == 0, r.stderr
+    assert dt < 120, f'the quick comparison took {dt:.0f}s, more than the 2 minutes promised'
+    assert '[4/4]' in r.stdout and 'Test IoU' in r.stdout  # progress, then the table
+    res = json.loads((out/'results.json').read_text())
+    assert [x['name'] for x in res['runs']] == NAMES
+    for x in res['runs']:
+        assert {'down', 'up', 'loss', 'width'} <= set(x['config']) and x['seed'] == 0 and x['epochs'] == 6
+        for k in ('pixel_accuracy', 'iou', 'dice'): assert 0 <= x['test'][k] <= 1, (x['name'], k, x['test'][k])
+        assert x['valid']['best_loss'] > 0 and x['params'] > 0
+        assert x['timing']['train_s'] > 0 and x['timing']['images_per_s'] > 0
+    md = (out/'results.md').read_text()
+    assert 'Exp 4: Strided + Upsample + Dice' in md and '93.45%' in md and 'not directly comparable' in md
+    for f in ('curves.png', 'predictions.png', 'iou.png'): assert (out/f).stat().st_size > 5_000, f
+    for name in NAMES:
+        assert {'best.pt', 'last.pt', 'history.json', 'metrics.json'} <= {p.name for p in (out/name/'seed0').iterdir()}
+
+
+def test_resume_continues(tmp_path):
+    out = tmp_path/'resume'
+    args = ['--quick', '--experiments', '1', '--out', out, *TINY]
+    r = compare(tmp_path, *args, '--epochs', '1')
+    assert r.returncode == 0, r.stderr
+    h1 = history(out)
+    assert len(h1) == 1
+    r = compare(tmp_path, *args, '--epochs', '2')
+    assert r.returncode == 0, r.stderr
+    h2 = history(out)
+    assert len(h2) == 2 and h2[0] == h1[0], 'epoch 1 should be kept, not trained again'
+    assert json.loads((out/'results.json').read_text())['runs'][0]['epochs'] == 2
+    last = out/'maxpool_transpose_bce'/'seed0'/'last.pt'
+    mtime = last.stat().st_mtime_ns
+    r = compare(tmp_path, *args, '--epochs', '2')  # finished: skipped
+    assert r.returncode == 0, r.stderr
+    assert last.stat().st_mtime_ns == mtime and history(out) == h2
+
+
+def test_sigterm_stops_cleanly_and_resumes(tmp_path):
+    out = tmp_path/'stop'
+    cmd = _cmd() + ['--quick', '--experiments', '2', '--epochs', '30', '--out', str(out), *TINY]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    hist = out/'maxpool_transpose_dice'/'seed0'/'history.json'
+    t = time.time()
+    while not hist.exists() and time.time() - t < 120 and p.poll() is None: time.sleep(0.2)
+    assert hist.exists(), 'no epoch finished in 2 minutes'
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert 'resume' in err and 'Traceback' not in err
+    h1 = history(out, 'maxpool_transpose_dice')
+    assert 1 <= len(h1) < 30
+    r = compare(tmp_path, '--quick', '--experiments', '2', '--epochs', str(len(h1) + 1), '--out', out, *TINY)
+    assert r.returncode == 0, r.stderr
+    h2 = history(out, 'maxpool_transpose_dice')
+    assert len(h2) == len(h1) + 1 and h2[:len(h1)] == h1
+
+
+def _corrupt_copy(root):
+    "A synthetic dataset with one corrupt image in trainval and one in test; returns their names."
+    from unet_tutorial.data import make_synthetic_pets, read_split
+    make_synthetic_pets(root, n_trainval=16, n_test=8, size=32)
+    bad = [read_split(root, 'trainval')[3], read_split(root, 'test')[2]]
+    for n in bad: (root/'oxford-iiit-pet'/'images'/f'{n}.jpg').write_bytes(b'not a jpeg')
+    return bad
+
+
+@pytest.mark.parametrize('case', ['missing root', 'unknown experiment', 'corrupt data'])
+def test_bad_input(tmp_path, case):
+    "The console script in a subprocess: a message on stderr, status 2, no traceback, nothing written."
+    out = tmp_path/'out'
+    if case == 'missing root':
+        r, want = compare(tmp_path, '--data', tmp_path/'nowhere', '--out', out), [str(tmp_path/'nowhere'), '--download']
+    elif case == 'unknown experiment':
+        r, want = compare(tmp_path, '--quick', '--experiments', '1,9', '--out', out), ['9', *NAMES]
+    else:
+        bad = _corrupt_copy(tmp_path/'pets')
+        r, want = compare(tmp_path, '--data', tmp_path/'pets', '--out', out, *TINY), [f'{n}.jpg' for n in bad]
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert 'Traceback' not in r.stderr and r.stderr.startswith('unet-compare: error:'), r.stderr
+    for w in want: assert w in r.stderr, (w, r.stderr)
+    assert not (out/'results.json').exists()
+
+
+@pytest.mark.parametrize('args,want', [
+    (['--epochs', '0'], ['--epochs', 'at least 1']),
+    (['--batch-size', '0'], ['--batch-size', 'at least 1']),
+    (['--size', '8'], ['--size', 'at least 16']),
+    (['--limit', '0'], ['--limit', 'at least 1']),
+    (['--seeds', '0,x'], ['--seeds', '0,1,2']),
+    (['--data', '.'], ['--quick', '--data']),
+    (['--device', 'gpu7'], ['--device', 'cpu']),
+    (['--threads', '0'], ['--threads', 'at least 1'])])
+def test_bad_options(tmp_path, capsys, args, want):
+    "The same entry point in this process (faster): bad options are a message and status 2, checked before any work."
+    from unet_tutorial.experiments import unet_compare
+    assert unet_compare(['--quick', '--out', str(tmp_path/'out'), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('unet-compare: error:') and 'Traceback' not in err, err
+    for w in want: assert w in err, (w, err)
+    assert not (tmp_path/'out').exists()
+
+
+def test_bad_option_type(capsys):
+    "A value of the wrong type is argparse's usage message and status 2."
+    from unet_tutorial.experiments import unet_compare
+    with pytest.raises(SystemExit) as e: unet_compare(['--epochs', 'ten'])
+    assert e.value.code == 2 and "invalid int value: 'ten'" in capsys.readouterr().err
