@@ -8,7 +8,7 @@ __all__ = ['SEED_RESULTS', 'SEED_CAVEAT', 'METRICS', 'PAIRS', 'QUICK', 'FULL', '
            'analysis', 'plot_curves', 'predictions', 'show_predictions', 'plot_iou_dist', 'save_figures', 'describe',
            'write_results', 'explore', 'compare', 'unet_compare']
 
-# %% ../nbs/05_experiments.ipynb #19034858
+# %% ../nbs/05_experiments.ipynb #d283bbb3
 import json, math, os, signal, sys, time
 from itertools import product
 from pathlib import Path
@@ -25,7 +25,7 @@ from .model import EXPERIMENTS, build_model, count_params, get_experiment
 from .losses import SegMetrics, confusion_counts, get_loss, pos_weight_from_masks
 from .trainer import Trainer, load_checkpoint
 
-# %% ../nbs/05_experiments.ipynb #6a3a2095
+# %% ../nbs/05_experiments.ipynb #f4b2f289
 SEED_RESULTS = {1: dict(val_accuracy=0.9345, val_loss=0.2472), 2: dict(val_accuracy=0.9332, val_loss=0.1224),
                 3: dict(val_accuracy=0.9160, val_loss=0.2881), 4: dict(val_accuracy=0.9042, val_loss=0.1762)}
 SEED_CAVEAT = ("The seed's numbers are not directly comparable with ours: they are single runs scored on its own "
@@ -33,7 +33,7 @@ SEED_CAVEAT = ("The seed's numbers are not directly comparable with ours: they a
                "test split), its accuracy is averaged per batch rather than over all pixels, and its loss column mixes "
                "two scales (weighted BCE for experiments 1 and 3, Dice for 2 and 4).")
 
-# %% ../nbs/05_experiments.ipynb #cda8a93a
+# %% ../nbs/05_experiments.ipynb #f8863cb2
 def per_image_iou(logits, # (B, 1, H, W) logits
                   mask, # (B, 1, H, W) uint8 mask: 0 background, 1 pet, 255 ignored
                   threshold:float=0.5): # a pixel is pet when sigmoid(logit) > threshold
@@ -42,7 +42,7 @@ def per_image_iou(logits, # (B, 1, H, W) logits
     union = tp + fp + fn                                        # (B,)
     return torch.where(union > 0, tp / union.clamp_min(1), 1.0)
 
-# %% ../nbs/05_experiments.ipynb #80b4dfb3
+# %% ../nbs/05_experiments.ipynb #8a1188fa
 @torch.no_grad()
 def evaluate(model, # a model returning logits
              dl, # a test loader of (x, y) batches
@@ -56,7 +56,7 @@ def evaluate(model, # a model returning logits
         metrics.update(logits, y); ious.append(per_image_iou(logits, y, threshold))
     return metrics.compute(), torch.cat(ious).tolist()
 
-# %% ../nbs/05_experiments.ipynb #4f96eec1
+# %% ../nbs/05_experiments.ipynb #3b64a28d
 def _hardware(device):
     "A short description of the device, for the report."
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
@@ -73,7 +73,7 @@ def _record(cfg, seed, hist, model, width, depth, test, best_ckpt, test_s, devic
                             images_per_s=mean(h['images_per_s'] for h in hist),  # training images per second
                             hardware=_hardware(device), n_train=n_train))
 
-# %% ../nbs/05_experiments.ipynb #9abbc68e
+# %% ../nbs/05_experiments.ipynb #58c10046
 def finished(run_dir, epochs:int): # a run's folder; the epochs asked for
     "The record of the run in `run_dir` if it finished with at least `epochs` epochs, else None."
     f = Path(run_dir)/'metrics.json'
@@ -106,7 +106,7 @@ def train_one(cfg, # an `ExperimentConfig` (or its key or name)
     (run_dir/'metrics.json').write_text(json.dumps(rec, indent=1))
     return rec
 
-# %% ../nbs/05_experiments.ipynb #0196e837
+# %% ../nbs/05_experiments.ipynb #85ce90cc
 class BadInput(ValueError): "A problem with the user's input (data, options), reported as a plain message."
 
 class Comparison:
@@ -121,7 +121,7 @@ class Comparison:
     def model(self, name): return load_checkpoint(self.run_dir(self.runs(name)[0])/'best.pt')[0]
     def __repr__(self): return f"Comparison({len(self.records)} runs of {', '.join(self.names)} in {self.out})"
 
-# %% ../nbs/05_experiments.ipynb #6ce6292c
+# %% ../nbs/05_experiments.ipynb #0608626b
 _FIXED = ('size', 'width', 'depth', 'batch_size', 'limit', 'lr')
 
 def _check_settings(out, settings):
@@ -147,7 +147,7 @@ def _load_data(root, size, batch_size, limit, device):
         dls.train_masks = dls.train.masks
     return dls
 
-# %% ../nbs/05_experiments.ipynb #e5bfa3a6
+# %% ../nbs/05_experiments.ipynb #cba16247
 def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iiit-pet/...`)
                    out, # output folder: `OUT/<name>/seed<k>/` per run, results.json, results.md, figures
                    experiments=(1, 2, 3, 4), # keys, names or `ExperimentConfig`s
@@ -177,7 +177,7 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
     write_results(cmp)
     return cmp
 
-# %% ../nbs/05_experiments.ipynb #eebf8002
+# %% ../nbs/05_experiments.ipynb #34467435
 METRICS = ('pixel_accuracy', 'iou', 'dice')
 
 def _mean_std(xs): return (mean(xs), stdev(xs) if len(xs) > 1 else None)
@@ -195,7 +195,7 @@ def summarize(records): # run records as returned by `train_one`
         rows.append(row)
     return rows
 
-# %% ../nbs/05_experiments.ipynb #9f958ebd
+# %% ../nbs/05_experiments.ipynb #7b56d608
 def _fmt(ms, pct=False, nd=3):
     "'mean ± std' (or just the mean for one seed), in percent when `pct`."
     f = (lambda v: f"{100 * v:.{nd - 2}f}%") if pct else (lambda v: f"{v:.{nd}f}")
@@ -222,7 +222,7 @@ def seed_table(rows): # rows from `summarize`
                            f"{_fmt(r['pixel_accuracy'], True)} | {_fmt(r['iou'])} |")
     return '\n'.join(lines) + '\n\n' + SEED_CAVEAT
 
-# %% ../nbs/05_experiments.ipynb #0df319d1
+# %% ../nbs/05_experiments.ipynb #94364162
 PAIRS = [("Dice vs BCE", 1, 2, "same max pooling and transposed convolution; only the loss differs"),
          ("Max pooling vs strided convolution", 1, 3, "both weighted BCE with transposed convolution; only the "
           "downsampling differs"),
@@ -237,7 +237,7 @@ def _verdict(a, b, k='iou'):
     big = abs(d) > 2 * noise
     return d, f"{'larger' if big else 'not larger'} than twice the seed-to-seed noise (±{noise:.3f})"
 
-# %% ../nbs/05_experiments.ipynb #92709663
+# %% ../nbs/05_experiments.ipynb #a2539db7
 def analysis(rows): # rows from `summarize`
     "A paragraph per comparison of the seed's README, written from the measured numbers."
     ranked = sorted(rows, key=lambda r: -r['iou'][0])
@@ -254,7 +254,7 @@ def analysis(rows): # rows from `summarize`
                    f"{b['images_per_s'][0]:.0f} vs {a['images_per_s'][0]:.0f} training images/s.")
     return '\n\n'.join(out)
 
-# %% ../nbs/05_experiments.ipynb #0d226681
+# %% ../nbs/05_experiments.ipynb #721ca035
 def plot_curves(cmp): # a `Comparison`
     "Training and validation loss (top) and validation IoU (bottom) of every experiment, one line per seed."
     n = len(cmp.names)
@@ -270,7 +270,7 @@ def plot_curves(cmp): # a `Comparison`
     fig.suptitle('Training curves (one line per seed)'); fig.tight_layout()
     return fig
 
-# %% ../nbs/05_experiments.ipynb #731ad836
+# %% ../nbs/05_experiments.ipynb #08e2ee7b
 def _first_test(dls, n):
     "The first `n` test images and masks."
     xs, ys = [], []
@@ -289,7 +289,7 @@ def predictions(cmp, n:int=16): # number of test images
 
 def _show_image(x): return denormalize(x[None])[0].permute(1, 2, 0).cpu()  # (3, H, W) -> (H, W, 3) in [0, 1]
 
-# %% ../nbs/05_experiments.ipynb #2c026755
+# %% ../nbs/05_experiments.ipynb #5575aae4
 def show_predictions(cmp, # a `Comparison`
                      idxs=(0, 1, 2), # which of the first `n` test images to show
                      threshold:float=0.5, # probability threshold for "pet"
@@ -310,7 +310,7 @@ def show_predictions(cmp, # a `Comparison`
     fig.suptitle(title or f'Test images, ground truth and predictions (threshold {threshold})'); fig.tight_layout()
     return fig
 
-# %% ../nbs/05_experiments.ipynb #404683b1
+# %% ../nbs/05_experiments.ipynb #54f418e1
 def plot_iou_dist(cmp): # a `Comparison`
     "Box plot of the per-image test IoU of each experiment (all seeds pooled)."
     data = [[v for r in cmp.runs(k) for v in cmp.image_ious(r)] for k in cmp.names]
@@ -324,7 +324,7 @@ def plot_iou_dist(cmp): # a `Comparison`
     ax.set_title('Per-image IoU distribution (above each box: share of images below 0.5)'); fig.tight_layout()
     return fig
 
-# %% ../nbs/05_experiments.ipynb #7f99ef0a
+# %% ../nbs/05_experiments.ipynb #cc000f29
 def save_figures(cmp, folder, prefix:str='', dpi:int=90):
     "Save the three comparison figures as small PNGs in `folder`; return their paths."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); paths = []
@@ -351,7 +351,7 @@ def write_results(cmp): # a `Comparison`
     (cmp.out/'results.md').write_text('\n\n'.join(md) + '\n')
     save_figures(cmp, cmp.out)
 
-# %% ../nbs/05_experiments.ipynb #24393470
+# %% ../nbs/05_experiments.ipynb #92b2564a
 def _has_frontend():
     "True in a live Jupyter kernel (and not under `nbdev_test`), where widgets can render."
     if os.environ.get('IN_TEST'): return False
@@ -372,7 +372,7 @@ def explore(cmp, n:int=32): # a `Comparison`; step through its first `n` test im
     hard = iou.argsort()[:3].tolist()
     return show_predictions(cmp, hard, 0.5, n, f'The hardest of the first {n} test images (lowest mean IoU)')
 
-# %% ../nbs/05_experiments.ipynb #269a11d6
+# %% ../nbs/05_experiments.ipynb #e2dc901a
 QUICK = dict(epochs=6, size=64, width=8, batch_size=8, lr=3e-3)
 FULL = dict(epochs=15, size=128, width=64, batch_size=32, lr=1e-3)
 
@@ -391,7 +391,7 @@ def _device(name):
         raise BadInput(f"--device {name}: this machine has no such device; use --device cpu")
     return dev
 
-# %% ../nbs/05_experiments.ipynb #0b2ada72
+# %% ../nbs/05_experiments.ipynb #9f9f2f35
 def _data_root(data, download, quick, out):
     "The dataset root the options ask for: synthetic (--quick), downloaded, given, or found."
     if quick:
@@ -408,7 +408,7 @@ def _data_root(data, download, quick, out):
                                     "--download to fetch it into ROOT, or try --quick for the synthetic data")
     return root
 
-# %% ../nbs/05_experiments.ipynb #d744be48
+# %% ../nbs/05_experiments.ipynb #00974014
 def compare(data:str=None, # Oxford-IIIT Pet root (ROOT/oxford-iiit-pet/...); default: found as `find_pets` does
             download:bool=False, # download the dataset into ROOT first (needs the network)
             quick:bool=False, # embedded synthetic data and a small model: the whole comparison in about a minute
@@ -440,7 +440,7 @@ def compare(data:str=None, # Oxford-IIIT Pet root (ROOT/oxford-iiit-pet/...); de
     print(results_table(summarize(cmp.records)), f"\nResults, table and figures in {out}/", sep='\n')
     return cmp
 
-# %% ../nbs/05_experiments.ipynb #22fca802
+# %% ../nbs/05_experiments.ipynb #5094326f
 def _interrupt(signum, frame): raise KeyboardInterrupt
 
 def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1:]`)
