@@ -9,7 +9,7 @@ installed everywhere), so the README and the docs landing page never drift apart
 Markdown cells are copied; code cells are shown as Python blocks with their text outputs; cells marked `#| hide`
 are left out, as in the docs. Images in the README must be files (e.g. `nbs/images/...`), not cell outputs.
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 root = Path(__file__).resolve().parent.parent
@@ -23,8 +23,8 @@ def render(nb):
     for c in nb['cells']:
         s = ''.join(c['source'])
         if c['cell_type'] == 'markdown':
-            # images linked relative to nbs/ must point into nbs/ from the repo root
-            parts.append(s.replace('](images/', '](nbs/images/'))
+            # links relative to nbs/ (images, other notebooks) must point into nbs/ from the repo root
+            parts.append(re.sub(r'\]\((images/|\w+\.ipynb)', r'](nbs/\1', s))
             continue
         ds = _directives(s)
         if any(d.startswith(('hide', 'include: false', 'echo: false')) for d in ds): continue

@@ -235,7 +235,8 @@ def _verdict(a, b, k='iou'):
     if sa is None or sb is None: return d, "with one seed per experiment the seed-to-seed noise is unknown"
     noise = math.sqrt(sa ** 2 + sb ** 2)
     big = abs(d) > 2 * noise
-    return d, f"{'larger' if big else 'not larger'} than twice the seed-to-seed noise (±{noise:.3f})"
+    return d, (f"{'larger' if big else 'not larger'} than twice the seed-to-seed noise of the difference "
+               f"(|{d:+.3f}| vs 2 × {noise:.3f} = {2 * noise:.3f})")
 
 # %% ../nbs/05_experiments.ipynb #a2539db7
 def analysis(rows): # rows from `summarize`
