@@ -144,3 +144,14 @@ def test_bad_option_type(capsys):
     from unet_tutorial.experiments import unet_compare
     with pytest.raises(SystemExit) as e: unet_compare(['--epochs', 'ten'])
     assert e.value.code == 2 and "invalid int value: 'ten'" in capsys.readouterr().err
+
+
+def test_nan_loss_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    "The trainer's NaN guard reaches a CLI user as its message and exit status 1."
+    from unet_tutorial import experiments
+    def nan_fit(self, epochs, resume=False):
+        raise FloatingPointError('Loss is nan at epoch 1, step 3 of 5: training stopped. Try a lower lr')
+    monkeypatch.setattr(experiments.Trainer, 'fit', nan_fit)
+    assert experiments.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
+    err = capsys.readouterr().err
+    assert 'epoch 1, step 3' in err and 'lower lr' in err and 'Traceback' not in err

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_tutorial.inference import predict_files, unet_predict
+from unet_tutorial.inference import load_model, predict_files, unet_predict
+from unet_tutorial.trainer import predict
 from unet_tutorial.model import UNet
 
 SIZES = {'odd.jpg': (333, 257), 'grey.png': (200, 150), 'rgba.png': (97, 61), 'palette.png': (64, 65),
@@ -93,12 +94,16 @@ def test_threshold_out_of_range(work, tmp_path, threshold):
 
 
 def test_threshold_moves_the_mask(work, tmp_path):
-    "A lower threshold can only add pet pixels."
+    "A lower threshold can only add pet pixels, and the threshold is really used: the masks follow it."
     photo = work/'photos'/'odd.jpg'
-    low, _ = predict_files([photo], work/'tiny.pt', tmp_path/'low', threshold=0.1, device='cpu', verbose=False)
-    high, _ = predict_files([photo], work/'tiny.pt', tmp_path/'high', threshold=0.9, device='cpu', verbose=False)
+    model, _ = load_model(work/'tiny.pt', 'cpu')
+    p = predict(model, photo, size=128).numpy()                      # what predict_files thresholds (no size saved: 128)
+    t_lo, t_hi = np.quantile(p, 0.25), np.quantile(p, 0.75)          # thresholds with pixels on both sides
+    low, _ = predict_files([photo], work/'tiny.pt', tmp_path/'low', threshold=t_lo, device='cpu', verbose=False)
+    high, _ = predict_files([photo], work/'tiny.pt', tmp_path/'high', threshold=t_hi, device='cpu', verbose=False)
     lo, hi = (np.asarray(Image.open(w[photo][0])) > 0 for w in (low, high))
-    assert (hi <= lo).all() and lo.sum() >= hi.sum()
+    assert (hi <= lo).all() and lo.sum() > hi.sum()
+    assert abs(lo.mean() - (p > t_lo).mean()) < 0.05 and abs(hi.mean() - (p > t_hi).mean()) < 0.05
 
 
 def test_same_name_in_two_folders_does_not_overwrite(work, tmp_path):

@@ -23,7 +23,7 @@ from .data import TensorLoader, check_pets_root, default_device, denormalize, fi
 from .data import get_pets, make_synthetic_pets, validate_pets
 from .model import EXPERIMENTS, build_model, count_params, get_experiment
 from .losses import SegMetrics, confusion_counts, get_loss, pos_weight_from_masks
-from .trainer import Trainer, load_checkpoint
+from .trainer import Trainer, atomic_save, load_checkpoint
 
 # %% ../nbs/05_experiments.ipynb #f4b2f289
 SEED_RESULTS = {1: dict(val_accuracy=0.9345, val_loss=0.2472), 2: dict(val_accuracy=0.9332, val_loss=0.1224),
@@ -102,8 +102,8 @@ def train_one(cfg, # an `ExperimentConfig` (or its key or name)
     best, ckpt = load_checkpoint(run_dir/'best.pt', device=trainer.device)
     t = time.perf_counter(); test, ious = evaluate(best, dls.test); test_s = time.perf_counter() - t
     rec = _record(cfg, seed, hist, model, width, depth, test, ckpt, test_s, trainer.device, dls.train.n)
-    (run_dir/'per_image_iou.json').write_text(json.dumps(ious))
-    (run_dir/'metrics.json').write_text(json.dumps(rec, indent=1))
+    atomic_save(ious, run_dir/'per_image_iou.json')
+    atomic_save(rec, run_dir/'metrics.json')  # last: its presence marks the run as finished
     return rec
 
 # %% ../nbs/05_experiments.ipynb #85ce90cc
@@ -133,7 +133,7 @@ def _check_settings(out, settings):
         if diff: raise BadInput(f"{out} holds runs made with other settings ({'; '.join(diff)}); "
                                 "use another output folder or the same settings")
     Path(out).mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(settings, indent=1))
+    atomic_save(settings, f)
 
 def _load_data(root, size, batch_size, limit, device):
     "The `DataLoaders` (at most `limit` training images), with every data problem turned into a `BadInput`."
@@ -454,6 +454,8 @@ def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1
     old = signal.signal(signal.SIGTERM, _interrupt)
     try: compare(**args); return 0
     except BadInput as e: print(f"unet-compare: error: {e}", file=sys.stderr); return 2
+    except FloatingPointError as e:  # the trainer's NaN guard: the last good checkpoint is kept
+        print(f"unet-compare: error: {e}", file=sys.stderr); return 1
     except KeyboardInterrupt:
         print("unet-compare: stopped; finished epochs are saved, run the same command again to resume", file=sys.stderr)
         return 130

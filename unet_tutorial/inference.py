@@ -115,7 +115,7 @@ def predict_files(images, # image files to segment
     "Segment `images` with the model in `checkpoint`; returns ({image: (mask, overlay)}, {image: error})."
     if not 0 < threshold < 1: raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     model, ckpt = load_model(checkpoint, _device(device))
-    size = size or ckpt.get('size', 128)
+    size = size or ckpt.get('size') or 128  # a checkpoint written before the first epoch has size None
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if verbose: print(f"writing to {out}:")
     written, failed, used = {}, {}, set()

@@ -23,10 +23,10 @@ __all__ = ['set_seed', 'get_rng_state', 'set_rng_state', 'amp_policy', 'sched_fa
            'load_checkpoint', 'predict', 'show_prediction']
 
 # %% ../nbs/04_trainer.ipynb #8a1a6a57
-def set_seed(seed:int,                # seed for Python's, NumPy's and PyTorch's generators (every device)
+def set_seed(seed:int|None,           # seed for Python's, NumPy's and PyTorch's generators (every device); None: leave them
              deterministic:bool=False): # also ask for deterministic kernels (slower on a GPU)
     "Seed every random number generator, and optionally make PyTorch's kernels deterministic."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)  # `manual_seed` seeds CUDA and MPS too
+    if seed is not None: random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)  # CUDA and MPS too
     if deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # needed by deterministic cuBLAS
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -64,7 +64,8 @@ def amp_policy(device,       # the device the model runs on ('cuda', 'mps', 'cpu
     kind = torch.device(device).type
     if amp in (False, None, 'off') or (amp == 'auto' and kind == 'cpu'): return None, False
     if amp in ('auto', True, 'on'):
-        bf16 = kind == 'cpu' or (kind == 'cuda' and torch.cuda.is_bf16_supported())
+        # native bf16 needs Ampere (compute capability 8) or later; older GPUs would only emulate it, slowly
+        bf16 = kind == 'cpu' or (kind == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8)
         amp = 'bf16' if bf16 else 'fp16'
     if amp not in ('bf16', 'fp16'): raise ValueError(f"amp={amp!r}: use 'auto', True, False, 'bf16' or 'fp16'")
     dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
@@ -122,7 +123,8 @@ class Trainer:
         store_attr('model,loss_fn,dls,lr,amp,schedule,clip,monitor,deterministic,progress,cbs')
         sched_factor(schedule, 0.)  # fails early on an unknown schedule
         if monitor not in _MONITORS: raise ValueError(f'monitor={monitor!r}: use one of {_MONITORS}')
-        if seed is not None: set_seed(seed, deterministic); _seed_loader(dls.train, seed)
+        if seed is not None or deterministic: set_seed(seed, deterministic)
+        if seed is not None: _seed_loader(dls.train, seed)
         self.device = torch.device(device) if device is not None else default_device()
         self.amp_dtype, scaled = amp_policy(self.device, amp)
         self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
@@ -130,10 +132,13 @@ class Trainer:
         self.model.to(self.device, memory_format=fmt)
         if self.device.type == 'cuda': torch.backends.cudnn.benchmark = not deterministic
         self.fwd = torch.compile(self.model) if compile else self.model
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, fused=self.device.type == 'cuda')
+        params = list(self.model.parameters())
+        try: self.opt = torch.optim.Adam(params, lr=lr, fused=self.device.type in ('cuda', 'mps'))  # one kernel per step
+        except RuntimeError: self.opt = torch.optim.Adam(params, lr=lr)  # this torch has no fused Adam for the device
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=scaled)
         self.metrics, self.out_dir = SegMetrics(), None if out_dir is None else Path(out_dir)
         self.epoch, self.step, self.history, self.best = 0, 0, [], None  # the run's state, saved in checkpoints
+        self.wrote = False  # whether this trainer has written to out_dir (fit refuses to overwrite another run)
         self.epochs = self.total_steps = self.mb = self.stop_requested = self.stopped = self.size = None  # set by `fit`
 
 # %% ../nbs/04_trainer.ipynb #9d6acdf9
@@ -239,12 +244,13 @@ def load_state_dict(self:Trainer, ckpt:dict): # from `Trainer.state_dict` (e.g. 
     g = _loader_gen(self.dls.train)
     if g is not None and ckpt.get('data_rng') is not None: g.set_state(ckpt['data_rng'])
     self.epoch, self.step, self.history, self.best = ckpt['epoch'], ckpt['step'], ckpt['history'], ckpt['best']
+    self.size = ckpt.get('size')
 
 # %% ../nbs/04_trainer.ipynb #27a1f57e
 @patch
 def save(self:Trainer, name:str): # 'last' or 'best': the file `out_dir/{name}.pt`
     "Write the trainer's state to `out_dir/{name}.pt` atomically (nothing without `out_dir`)."
-    if self.out_dir is not None: atomic_save(self.state_dict(), self.out_dir/f'{name}.pt')
+    if self.out_dir is not None: atomic_save(self.state_dict(), self.out_dir/f'{name}.pt'); self.wrote = True
 
 @patch
 def resume(self:Trainer, path=None): # a checkpoint file; default `out_dir/last.pt`
@@ -280,7 +286,10 @@ def fit(self:Trainer, epochs:int, # train until this many epochs are done, count
         resume:bool=False):       # first continue from `out_dir/last.pt` when it exists
     "Train until `epochs` epochs are done; returns the history (one dict per epoch). Stops cleanly on SIGINT/SIGTERM."
     if len(self.dls.train) == 0: raise ValueError('fit: `dls.train` yields no batch')
-    if resume and self.out_dir is not None and (self.out_dir/'last.pt').exists(): self.resume()
+    if self.out_dir is not None and (self.out_dir/'last.pt').exists():
+        if resume: self.resume()
+        elif not self.wrote: raise FileExistsError(f'fit: {self.out_dir} already holds a run (last.pt); pass '
+                                                   'resume=True to continue it, or use another out_dir')
     self.epochs, self.total_steps, self.stopped = epochs, epochs * len(self.dls.train), None
     if self.epoch == 0: self.save('last')  # so that a valid last.pt exists from the first step on
     todo = range(self.epoch, epochs)
