@@ -15,10 +15,11 @@ from torchvision.datasets import OxfordIIITPet
 from torchvision.transforms import v2 as T
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SYNTH_BREEDS', 'BORDERS', 'default_device', 'find_pets',
-           'check_pets_root', 'get_pets', 'read_split', 'breed_of', 'make_synthetic_pets', 'trimap_to_mask',
-           'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize', 'show_batch', 'validate_pets',
-           'cache_dir', 'load_cached', 'augment_batch', 'TensorLoader', 'DataLoaders', 'get_dls', 'trimap_stats']
+__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SYNTH_BREEDS', 'BORDERS', 'default_device', 'get_device',
+           'find_pets', 'check_pets_root', 'get_pets', 'read_split', 'breed_of', 'make_synthetic_pets',
+           'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize', 'show_batch',
+           'validate_pets', 'cache_dir', 'load_cached', 'augment_batch', 'TensorLoader', 'DataLoaders', 'get_dls',
+           'trimap_stats']
 
 # %% ../nbs/00_data.ipynb #ba58f5f4
 IGNORE_INDEX = 255                       # mask value that losses and metrics skip
@@ -30,6 +31,17 @@ def default_device() -> torch.device:
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_data.ipynb #757c1d30
+def get_device(name:str|None=None # 'cpu', 'cuda', 'cuda:1', 'mps', a `torch.device`, or None for `default_device()`
+              ) -> torch.device:
+    "The device called `name`, or a ValueError naming it when it is unknown or this machine has none"
+    if name is None or name == '': return default_device()
+    try: dev = torch.device(name)
+    except (RuntimeError, ValueError): raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    here = dict(cpu=True, cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available())
+    if not here.get(dev.type, False): raise ValueError(f"device {name!r} is not available on this machine: use cpu")
+    return dev
 
 # %% ../nbs/00_data.ipynb #d4bcedc3
 def find_pets(root=None # a folder holding `oxford-iiit-pet/`; None: env UNET_TUTORIAL_DATA, then search upwards
@@ -343,7 +355,7 @@ def get_dls(root, # a folder holding `oxford-iiit-pet/`
             cache=None # tensor cache folder (default: `cache_dir()`)
            ) -> DataLoaders:
     "Train (shuffled, augmented), valid and test loaders of Oxford-IIIT Pet from the tensor cache"
-    root, device = check_pets_root(root), torch.device(device) if device else default_device()
+    root, device = check_pets_root(root), get_device(device)
     train, valid = split_trainval(read_split(root, 'trainval'), valid_pct, seed)
     test = read_split(root, 'test')
     if limit: train, valid, test = (sorted(random.Random(seed).sample(s, min(limit, len(s)))) for s in (train, valid, test))

@@ -17,9 +17,10 @@ from statistics import mean, stdev
 import torch
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
+from fastcore.imports import in_notebook
 from fastcore.script import anno_parser
 
-from .data import TensorLoader, check_pets_root, default_device, denormalize, find_pets, get_dls
+from .data import TensorLoader, check_pets_root, denormalize, find_pets, get_device, get_dls
 from .data import get_pets, make_synthetic_pets, validate_pets
 from .model import EXPERIMENTS, build_model, count_params, get_experiment
 from .losses import SegMetrics, confusion_counts, get_loss, pos_weight_from_masks
@@ -161,7 +162,7 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
     try: cfgs = list(dict.fromkeys(get_experiment(e) for e in experiments))  # in order, without repeats
     except ValueError as e: raise BadInput(str(e)) from e
     seeds = list(dict.fromkeys(seeds))
-    device = torch.device(device) if device else default_device()
+    device = get_device(device)
     settings = dict(data=str(root), size=size, width=width, depth=depth, batch_size=batch_size, limit=limit, lr=lr)
     dls = _load_data(root, size, batch_size, limit, device)
     _check_settings(out, settings)
@@ -355,10 +356,7 @@ def write_results(cmp): # a `Comparison`
 # %% ../nbs/05_experiments.ipynb #92b2564a
 def _has_frontend():
     "True in a live Jupyter kernel (and not under `nbdev_test`), where widgets can render."
-    if os.environ.get('IN_TEST'): return False
-    try: from IPython import get_ipython
-    except ImportError: return False
-    return getattr(get_ipython(), 'kernel', None) is not None
+    return in_notebook() and not os.environ.get('IN_TEST')
 
 def explore(cmp, n:int=32): # a `Comparison`; step through its first `n` test images
     "Image and threshold sliders over the four predictions (in Jupyter); always a static figure of the hardest images."
@@ -383,14 +381,9 @@ def _ints(name, s):
     except ValueError: raise BadInput(f"--{name} takes comma-separated integers, e.g. 0,1,2 (got {s!r})") from None
 
 def _device(name):
-    "The torch device called `name` (default: the best available), if this machine has it."
-    if not name: return default_device()
-    try: dev = torch.device(name)
-    except RuntimeError: raise BadInput(f"Unknown --device {name!r}: use cpu, cuda, cuda:N or mps") from None
-    avail = dict(cpu=True, cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available())
-    if not avail.get(dev.type, False):
-        raise BadInput(f"--device {name}: this machine has no such device; use --device cpu")
-    return dev
+    "The torch device called `name` (default: the best available), or a `BadInput` saying why it can't be had."
+    try: return get_device(name)
+    except ValueError as e: raise BadInput(f"--device: {e}") from None
 
 # %% ../nbs/05_experiments.ipynb #9f9f2f35
 def _data_root(data, download, quick, out):

@@ -14,7 +14,7 @@ import torch
 from fastcore.script import Param, call_parse
 from PIL import Image, ImageOps
 
-from .data import default_device
+from .data import get_device
 from .model import UNet
 from .trainer import predict
 
@@ -73,7 +73,7 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
     if diff := _mismatch(ckpt['model'], model.state_dict()):
         raise CheckpointError(f"checkpoint {path}: weights do not fit UNet(**{cfg}): {diff}")
     model.load_state_dict(ckpt['model'])
-    return model.to(device or default_device()).eval(), ckpt
+    return model.to(get_device(device)).eval(), ckpt
 
 # %% ../nbs/07_inference.ipynb #7370ed5f
 def overlay(im: Image.Image, # the photo, RGB
@@ -87,15 +87,6 @@ def overlay(im: Image.Image, # the photo, RGB
     return Image.fromarray(np.where(mask[..., None], tinted, a).round().astype(np.uint8))
 
 # %% ../nbs/07_inference.ipynb #75f685c2
-def _device(device) -> torch.device:
-    "`device` (a name or None for the best available) checked to exist here."
-    try: d = torch.device(device) if device else default_device()
-    except (RuntimeError, ValueError): raise ValueError(f"unknown device {device!r}: use cpu, cuda or mps") from None
-    there = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
-    if not there.get(d.type, True):
-        raise ValueError(f"device {device!r} is not available on this machine: use --device cpu")
-    return d
-
 def _out_stem(path: Path, used: set) -> str:
     "A file stem for `path`'s outputs not in `used` yet."
     stem, k = path.stem, 1
@@ -114,7 +105,7 @@ def predict_files(images, # image files to segment
                  ) -> tuple:
     "Segment `images` with the model in `checkpoint`; returns ({image: (mask, overlay)}, {image: error})."
     if not 0 < threshold < 1: raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    model, ckpt = load_model(checkpoint, _device(device))
+    model, ckpt = load_model(checkpoint, get_device(device))
     size = size or ckpt.get('size') or 128  # a checkpoint written before the first epoch has size None
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if verbose: print(f"writing to {out}:")

@@ -14,7 +14,7 @@ from fastcore.imports import in_notebook
 from fastprogress.fastprogress import master_bar, progress_bar
 from PIL import Image
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, default_device
+from .data import IMAGENET_MEAN, IMAGENET_STD, get_device
 from .losses import SegMetrics
 from .model import UNet
 
@@ -125,7 +125,7 @@ class Trainer:
         if monitor not in _MONITORS: raise ValueError(f'monitor={monitor!r}: use one of {_MONITORS}')
         if seed is not None or deterministic: set_seed(seed, deterministic)
         if seed is not None: _seed_loader(dls.train, seed)
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = get_device(device)
         self.amp_dtype, scaled = amp_policy(self.device, amp)
         self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
