@@ -44,7 +44,8 @@ def test_quick_end_to_end(tmp_path):
     res = json.loads((out/'results.json').read_text())
     assert [x['name'] for x in res['runs']] == NAMES
     for x in res['runs']:
-        assert {'down', 'up', 'loss', 'width'} <= set(x['config']) and x['seed'] == 0 and x['epochs'] == 6
+        assert {'down', 'up', 'loss'} <= set(x['model']) and x['config']['width'] == 8 and x['config']['experiment'] == x['experiment']
+        assert x['seed'] == x['config']['seed'] == 0 and x['epochs'] == 6
         for k in ('pixel_accuracy', 'iou', 'dice'): assert 0 <= x['test'][k] <= 1, (x['name'], k, x['test'][k])
         assert x['valid']['best_loss'] > 0 and x['params'] > 0
         assert x['timing']['train_s'] > 0 and x['timing']['images_per_s'] > 0

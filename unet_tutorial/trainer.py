@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_trainer.ipynb #53c28a15
 from __future__ import annotations
-import json, math, os, random, signal, sys, tempfile, threading, time
+import json, math, os, random, signal, sys, tempfile, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -19,8 +19,8 @@ from .losses import SegMetrics
 from .model import UNet
 
 # %% auto #0
-__all__ = ['set_seed', 'get_rng_state', 'set_rng_state', 'amp_policy', 'sched_factor', 'atomic_save', 'Trainer', 'plot_history',
-           'load_checkpoint', 'predict', 'show_prediction']
+__all__ = ['set_seed', 'get_rng_state', 'set_rng_state', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'sched_factor',
+           'atomic_save', 'Trainer', 'plot_history', 'load_checkpoint', 'predict', 'show_prediction']
 
 # %% ../nbs/04_trainer.ipynb #8a1a6a57
 def set_seed(seed:int|None,           # seed for Python's, NumPy's and PyTorch's generators (every device); None: leave them
@@ -57,17 +57,33 @@ def _seed_loader(dl, seed):
     "Reseed the loader's own generator, if it has one, so that `seed` fixes the order and the augmentations."
     if (g := _loader_gen(dl)) is not None: g.manual_seed(seed)
 
+# %% ../nbs/04_trainer.ipynb #f341822f
+def cpu_bf16_native() -> bool:
+    "Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast beats fp32."
+    if not torch.backends.mkldnn.is_available(): return False
+    checks = [getattr(torch.cpu, n, None) for n in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    return any(f() for f in checks if f is not None)
+
+def cpu_kind() -> str:
+    "The CPU's vector instructions as PyTorch sees them, and whether bf16 is native: recorded with every run."
+    return f"{torch.backends.cpu.get_cpu_capability()}, {'native' if cpu_bf16_native() else 'no native'} bf16"
+
 # %% ../nbs/04_trainer.ipynb #5c0c58d6
 def amp_policy(device,       # the device the model runs on ('cuda', 'mps', 'cpu' or a `torch.device`)
-               amp='auto'): # 'auto', True, False, 'bf16' or 'fp16'
+               amp='auto'): # 'auto', True, False, 'off', 'bf16' or 'fp16'
     "The autocast dtype for `amp` on `device` (None: plain fp32), and whether it needs a `GradScaler`."
     kind = torch.device(device).type
-    if amp in (False, None, 'off') or (amp == 'auto' and kind == 'cpu'): return None, False
+    if amp in (False, None, 'off'): return None, False
     if amp in ('auto', True, 'on'):
+        if kind == 'cpu': amp = 'bf16' if cpu_bf16_native() else None
         # native bf16 needs Ampere (compute capability 8) or later; older GPUs would only emulate it, slowly
-        bf16 = kind == 'cpu' or (kind == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8)
-        amp = 'bf16' if bf16 else 'fp16'
-    if amp not in ('bf16', 'fp16'): raise ValueError(f"amp={amp!r}: use 'auto', True, False, 'bf16' or 'fp16'")
+        elif kind == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8: amp = 'bf16'
+        else: amp = 'fp16'
+        if amp is None: return None, False
+    if amp not in ('bf16', 'fp16'): raise ValueError(f"amp={amp!r}: use 'auto', True, False, 'off', 'bf16' or 'fp16'")
+    if amp == 'bf16' and kind == 'cpu' and not cpu_bf16_native():
+        warnings.warn('amp=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is several times slower than fp32; '
+                      "use amp='auto' or 'off'", stacklevel=2)
     dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
     return dtype, dtype == torch.float16
 
@@ -117,7 +133,7 @@ class Trainer:
                  monitor:str='iou',     # validation metric that picks best.pt ('loss' is minimised, others maximised)
                  seed:int|None=None,    # seed every generator (see `set_seed`) before training
                  deterministic:bool=False, # deterministic kernels, for bit-exact repeats (slower on a GPU)
-                 channels_last:bool|None=None, # NHWC memory format; None: on CUDA only
+                 channels_last:bool|None=None, # NHWC memory format; None: on CUDA and the CPU (faster on both)
                  progress:bool=True,    # show a progress bar and a table of epochs
                  cbs=()):               # callbacks: objects with any of `before_epoch`, `after_batch`, `after_epoch`
         store_attr('model,loss_fn,dls,lr,amp,schedule,clip,monitor,deterministic,progress,cbs')
@@ -127,7 +143,7 @@ class Trainer:
         if seed is not None: _seed_loader(dls.train, seed)
         self.device = get_device(device)
         self.amp_dtype, scaled = amp_policy(self.device, amp)
-        self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
+        self.channels_last = self.device.type in ('cuda', 'cpu') if channels_last is None else channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=fmt)
         if self.device.type == 'cuda': torch.backends.cudnn.benchmark = not deterministic
