@@ -11,13 +11,17 @@ with Adam 1e-3 on the same training images, for the same number of epochs:
   `GradScaler` on CUDA (plain fp32 on the CPU, as the seed's `autocast('cuda')` does nothing there); contiguous
   (NCHW) memory format; `loss.item()` on every step.
 - ours: `Trainer` with the cached uint8 tensors held on the device (`load_cached` + `TensorLoader`, augmentation on
-  the device), its AMP policy (bf16 on a GPU that has it, none on the CPU), channels_last, cudnn.benchmark and fused
-  Adam on CUDA, the loss kept on the device; `--compile` adds `torch.compile`.
+  the device), its AMP policy (bf16 on a GPU that has it, and on a CPU with native bf16 (AVX512-BF16 or AMX); fp32
+  on other CPUs), channels_last (CUDA and CPU), cudnn.benchmark and fused Adam on CUDA, the loss kept on the
+  device; `--compile` adds `torch.compile`.
+- the same trainer in plain fp32 with the NCHW memory format, and in fp32 with channels_last, so that each part of
+  the gain shows: data pipeline (fp32 vs baseline), memory format, then precision (default vs fp32 + channels_last).
 
 Images/s counts training steps only (no validation), timed after the device has finished, averaged over the epochs
 after the first (which pays for cuDNN's autotuning, compilation and worker start-up). The two loops alternate epoch
-by epoch, so that a change in the machine's load affects both. The last line is `speedup X`: ours over the
-baseline's images/s.
+by epoch, so that a change in the machine's load affects both. The first line names the CPU kind (`cpu_kind()`: PyTorch's
+vector instructions and whether bf16 is native), which decides the trainer's default on a CPU. The last line is
+`speedup X`: ours (the default) over the baseline's images/s.
 """
 import argparse, os, platform, random, time
 
@@ -28,7 +32,7 @@ from unet_tutorial.data import (DataLoaders, TensorLoader, check_pets_root, load
                                 split_trainval, trimap_to_mask)
 from unet_tutorial.losses import get_loss, pos_weight_from_masks
 from unet_tutorial.model import build_model
-from unet_tutorial.trainer import Trainer, set_seed
+from unet_tutorial.trainer import Trainer, cpu_kind, set_seed
 
 
 def baseline_epoch(model, dl, opt, scaler, loss_fn, device):
@@ -58,8 +62,8 @@ def baseline(a, root, train, pos_weight, device):
     return lambda: baseline_epoch(model, dl, opt, scaler, loss_fn, device)
 
 
-def ours(a, root, train, valid, pos_weight, device):
-    "Our `Trainer` on the cached tensors; returns a function that trains one more epoch and gives its images/s."
+def ours(a, root, train, valid, pos_weight, device, amp='auto', channels_last=None):
+    "Our `Trainer` on the cached tensors; returns (function that trains one more epoch and gives its images/s, trainer)."
     def loader(names, shuffle):
         ims, tris = load_cached(root, names, a.size)                         # uint8 tensors, decoded once
         masks = trimap_to_mask(tris)[:, None]                                # (N, 1, S, S)
@@ -67,8 +71,9 @@ def ours(a, root, train, valid, pos_weight, device):
     tl, vl = loader(train, True), loader(valid, False)
     dls = DataLoaders(tl, vl, vl, tl.masks)
     set_seed(0); model = build_model(1, width=a.width, depth=a.depth)
-    t = Trainer(model, get_loss('bce', pos_weight=pos_weight), dls, device=device, compile=a.compile, progress=False)
-    return lambda: t.fit(t.epoch + 1)[-1]['images_per_s']   # `fit(n)` trains until n epochs are done
+    t = Trainer(model, get_loss('bce', pos_weight=pos_weight), dls, device=device, compile=a.compile, progress=False,
+                amp=amp, channels_last=channels_last)
+    return (lambda: t.fit(t.epoch + 1)[-1]['images_per_s']), t   # `fit(n)` trains until n epochs are done
 
 
 def main():
@@ -97,21 +102,26 @@ def main():
     valid = valid[:max(a.batch_size, len(train) // 8)]                      # ours validates each epoch: keep it short
     _, tris = load_cached(root, train, a.size)
     pos_weight = pos_weight_from_masks(trimap_to_mask(tris))
-    cpu = f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs'
+    cpu = f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {cpu_kind()}'
     hw = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu
     print(f'device {device} ({hw}) | torch {torch.__version__} | threads {torch.get_num_threads()} | size {a.size} | '
           f'width {a.width} depth {a.depth} | batch {a.batch_size} | {len(train)} train images | {a.epochs} epochs')
 
-    run_base, run_ours = baseline(a, root, train, pos_weight, device), ours(a, root, train, valid, pos_weight, device)
-    base, mine = [], []
-    for _ in range(a.epochs):  # alternate epochs, so that a change in the machine's load hits both alike
-        base.append(run_base()); mine.append(run_ours())
-    print('baseline images/s per epoch: ' + ', '.join(f'{v:,.1f}' for v in base))
-    print('trainer  images/s per epoch: ' + ', '.join(f'{v:,.1f}' for v in mine))
+    loops = {'baseline': baseline(a, root, train, pos_weight, device)}
+    for name, amp, cl in (('trainer fp32', 'off', False), ('trainer fp32+cl', 'off', True), ('trainer ', 'auto', None)):
+        loops[name], t = ours(a, root, train, valid, pos_weight, device, amp, cl)
+    prec = str(t.amp_dtype or torch.float32).replace('torch.', '')
+    print(f"trainer default here: {prec}{' + channels_last' if t.channels_last else ''}")
+    speeds = {k: [] for k in loops}
+    for _ in range(a.epochs):  # alternate epochs, so that a change in the machine's load hits every loop alike
+        for k, run in loops.items(): speeds[k].append(run())
+    for k, v in speeds.items(): print(f'{k:8s} images/s per epoch: ' + ', '.join(f'{x:,.1f}' for x in v))
     steady = lambda v: sum(v[1:]) / len(v[1:]) if len(v) > 1 else v[0]  # the first epoch warms up
-    b, o = steady(base), steady(mine)
+    b, o = steady(speeds['baseline']), steady(speeds['trainer '])
+    f32, f32cl = steady(speeds['trainer fp32']), steady(speeds['trainer fp32+cl'])
     which = 'epoch 1' if a.epochs == 1 else f'mean of epochs 2-{a.epochs}'
-    print(f'baseline {b:,.1f} images/s | trainer {o:,.1f} images/s ({which})')
+    print(f'baseline {b:,.1f} | trainer fp32 {f32:,.1f} ({f32 / b:.2f}x) | fp32 + channels_last {f32cl:,.1f} '
+          f'({f32cl / b:.2f}x) | default ({prec}) {o:,.1f} images/s ({which})')
     print(f'speedup {o / b:.2f}')
 
 

@@ -1,0 +1,42 @@
+"""The reference model shipped in the package: it loads, it is small, and on the real test split it scores what its
+record says (within 0.01 IoU), and `unet-predict` uses it when no checkpoint is given."""
+import os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from unet_tutorial.config import RunConfig
+from unet_tutorial.data import get_dls
+from unet_tutorial.experiments import evaluate
+from unet_tutorial.inference import load_model, reference_checkpoint, reference_model
+
+ROOT = Path(os.environ.get('UNET_TUTORIAL_DATA') or Path(__file__).resolve().parents[1].parent/'shared/data/pets128')
+HAVE_DATA = (ROOT/'oxford-iiit-pet'/'annotations'/'test.txt').exists()
+
+
+def test_reference_loads_and_is_small():
+    path = reference_checkpoint()
+    assert path.stat().st_size <= 4 * 2**20, f'{path} is {path.stat().st_size / 2**20:.1f} MiB, more than 4 MiB'
+    model, rec = reference_model('cpu')
+    assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point())
+    cfg = RunConfig.from_dict(rec['config'])          # the record holds the configuration it was trained with
+    assert model.config['width'] == cfg.width and model.config['depth'] == cfg.depth
+    assert 0.5 < rec['test']['iou'] <= 1 and rec['command'].startswith('unet-compare')
+    with torch.no_grad(): out = model(torch.zeros(1, 3, cfg.size, cfg.size))
+    assert out.shape == (1, 1, cfg.size, cfg.size)
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason=f'real Oxford-IIIT Pet not found at {ROOT}')
+def test_reference_scores_its_record_on_the_test_split():
+    model, rec = reference_model('cpu')
+    cfg = RunConfig.from_dict(rec['config'])
+    old = torch.get_num_threads(); torch.set_num_threads(2)
+    try:
+        dls = get_dls(ROOT, size=cfg.size, batch_size=64, border=cfg.border, device='cpu')
+        metrics, ious = evaluate(model, dls.test)
+    finally: torch.set_num_threads(old)
+    assert len(ious) == dls.test.n == 3669
+    assert abs(metrics['iou'] - rec['test']['iou']) <= 0.01, (metrics, rec['test'])
+    assert abs(metrics['pixel_accuracy'] - rec['test']['pixel_accuracy']) <= 0.01, (metrics, rec['test'])
