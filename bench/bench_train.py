@@ -32,6 +32,7 @@ from unet_tutorial.data import (DataLoaders, TensorLoader, check_pets_root, load
                                 split_trainval, trimap_to_mask)
 from unet_tutorial.losses import get_loss, pos_weight_from_masks
 from unet_tutorial.model import build_model
+from unet_tutorial.config import RunConfig
 from unet_tutorial.trainer import Trainer, cpu_kind, set_seed
 
 
@@ -71,8 +72,8 @@ def ours(a, root, train, valid, pos_weight, device, amp='auto', channels_last=No
     tl, vl = loader(train, True), loader(valid, False)
     dls = DataLoaders(tl, vl, vl, tl.masks)
     set_seed(0); model = build_model(1, width=a.width, depth=a.depth)
-    t = Trainer(model, get_loss('bce', pos_weight=pos_weight), dls, device=device, compile=a.compile, progress=False,
-                amp=amp, channels_last=channels_last)
+    cfg = RunConfig(device=str(device), amp=amp, channels_last=channels_last, batch_size=a.batch_size)
+    t = Trainer(model, get_loss('bce', pos_weight=pos_weight), dls, cfg, compile=a.compile, cbs=())
     return (lambda: t.fit(t.epoch + 1)[-1]['images_per_s']), t   # `fit(n)` trains until n epochs are done
 
 

@@ -95,10 +95,8 @@ def train_one(cfg:RunConfig, # the run: its experiment, seed and every training 
     torch.manual_seed(cfg.seed)
     model = build_model(exp, width=cfg.width, depth=cfg.depth)
     pos_weight = pos_weight_from_masks(dls.train_masks) if 'bce' in exp.loss else None
-    trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, lr=cfg.lr, out_dir=run_dir, device=cfg.device,
-                      amp=cfg.amp, schedule=cfg.schedule, channels_last=cfg.channels_last, seed=cfg.seed,
-                      progress=progress)
-    hist = trainer.fit(cfg.epochs, resume=True)
+    trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, cfg, out_dir=run_dir, cbs=None if progress else ())
+    hist = trainer.fit(resume=True)
     if len(hist) < cfg.epochs: raise KeyboardInterrupt  # stopped by SIGINT/SIGTERM: last.pt holds the finished epochs
     best, ckpt = load_checkpoint(run_dir/'best.pt', device=trainer.device)
     t = time.perf_counter(); test, ious = evaluate(best, dls.test); test_s = time.perf_counter() - t

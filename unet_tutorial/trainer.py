@@ -17,10 +17,12 @@ from PIL import Image
 from .data import IMAGENET_MEAN, IMAGENET_STD, get_device
 from .losses import SegMetrics
 from .model import UNet
+from .config import RunConfig
 
 # %% auto #0
-__all__ = ['set_seed', 'get_rng_state', 'set_rng_state', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'sched_factor',
-           'atomic_save', 'Trainer', 'plot_history', 'load_checkpoint', 'predict', 'show_prediction']
+__all__ = ['EVENTS', 'set_seed', 'get_rng_state', 'set_rng_state', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'sched_factor',
+           'atomic_save', 'Callback', 'ProgressCB', 'Trainer', 'plot_history', 'load_checkpoint', 'predict',
+           'show_prediction']
 
 # %% ../nbs/04_trainer.ipynb #8a1a6a57
 def set_seed(seed:int|None,           # seed for Python's, NumPy's and PyTorch's generators (every device); None: leave them
@@ -115,47 +117,82 @@ def atomic_save(obj,  # a checkpoint dict (`torch.save`), or JSON-able data when
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
 
+# %% ../nbs/04_trainer.ipynb #d1501e03
+EVENTS = ('before_fit', 'before_epoch', 'after_batch', 'after_epoch', 'after_fit')
+
+class Callback:
+    "Base class of the trainer's callbacks: override any of the methods named in `EVENTS`; each gets the trainer."
+    order = 0   # callbacks run in increasing order
+    def before_fit(self, trainer): pass
+    def before_epoch(self, trainer): pass
+    def after_batch(self, trainer): pass
+    def after_epoch(self, trainer): pass
+    def after_fit(self, trainer): pass
+
+# %% ../nbs/04_trainer.ipynb #18f07b76
+_COLS = ('epoch', 'train_loss', 'valid_loss', 'iou', 'dice', 'lr', 'seconds', 'images_per_s')
+
+def _live():
+    "True where a progress bar can redraw itself: in Jupyter, or in a terminal (not in a log file)."
+    return in_notebook() or sys.stdout.isatty()
+
+class ProgressCB(Callback):
+    "A live progress bar and table of epochs in Jupyter or a terminal; plain table rows where output goes to a file."
+    order = 10
+    def before_fit(self, t):
+        self.start, self.mb = t.epoch, master_bar(range(t.epoch, t.epochs)) if _live() else None
+        if self.mb is not None: self.mb.update(0)
+        self._write(list(_COLS))
+    def before_epoch(self, t):
+        if self.mb is None: return
+        self.pb = progress_bar(range(len(t.dls.train)), parent=self.mb); self.pb.update(0)
+    def after_batch(self, t):
+        if self.mb is None: return
+        if t.recent_loss is not None: self.pb.comment = f'loss {t.recent_loss:.4f}'
+        self.pb.update(t.batch + 1)
+    def after_epoch(self, t):
+        self._write([f'{t.history[-1][c]:.4g}' for c in _COLS])
+        if self.mb is not None: self.mb.update(t.epoch - self.start)
+    def _write(self, cells):
+        if self.mb is not None: self.mb.write(cells, table=True)
+        else: print(' '.join(f'{c:>12}' for c in cells), flush=True)
+
 # %% ../nbs/04_trainer.ipynb #5552b214
 _MONITORS = ('iou', 'dice', 'mean_image_iou', 'pixel_accuracy', 'loss', 'valid_loss')
 
 class Trainer:
-    "Train a segmentation model with AMP, device-side metrics, atomic checkpoints and exact resume."
+    "Train a segmentation model with AMP, device-side metrics, atomic checkpoints, exact resume and callbacks."
     def __init__(self, model:nn.Module, # returns logits (B, 1, H, W); `model.config` lets a checkpoint rebuild it
                  loss_fn:nn.Module,     # (logits, mask) -> scalar, computed in fp32
                  dls,                   # `get_dls` result: `.train` and `.valid` yield (images, masks)
-                 lr:float=1e-3,         # Adam's learning rate (the peak, with a schedule)
+                 cfg:RunConfig|None=None, # the run: lr, schedule, amp, channels_last, seed, device, epochs; None: `RunConfig()`
                  out_dir=None,          # folder for best.pt, last.pt and history.json; None: keep nothing on disk
-                 device=None,           # 'cuda', 'mps', 'cpu', a `torch.device`, or None for `default_device()`
-                 amp='auto',            # mixed precision, see `amp_policy`
-                 schedule:str|None=None, # None (constant lr), 'cosine' or 'onecycle'
+                 monitor:str='iou',     # validation metric that picks best.pt ('loss' is minimised, others maximised)
                  clip:float|None=None,  # clip the gradients' global norm to this; None: no clipping
                  compile:bool=False,    # run the model through `torch.compile`
-                 monitor:str='iou',     # validation metric that picks best.pt ('loss' is minimised, others maximised)
-                 seed:int|None=None,    # seed every generator (see `set_seed`) before training
                  deterministic:bool=False, # deterministic kernels, for bit-exact repeats (slower on a GPU)
-                 channels_last:bool|None=None, # NHWC memory format; None: on CUDA and the CPU (faster on both)
-                 progress:bool=True,    # show a progress bar and a table of epochs
-                 cbs=()):               # callbacks: objects with any of `before_epoch`, `after_batch`, `after_epoch`
-        store_attr('model,loss_fn,dls,lr,amp,schedule,clip,monitor,deterministic,progress,cbs')
-        sched_factor(schedule, 0.)  # fails early on an unknown schedule
+                 cbs=None):             # `Callback`s; None: a `ProgressCB`; () for none
+        self.cfg = cfg = RunConfig() if cfg is None else cfg
+        store_attr('model,loss_fn,dls,clip,monitor')
         if monitor not in _MONITORS: raise ValueError(f'monitor={monitor!r}: use one of {_MONITORS}')
-        if seed is not None or deterministic: set_seed(seed, deterministic)
-        if seed is not None: _seed_loader(dls.train, seed)
-        self.device = get_device(device)
-        self.amp_dtype, scaled = amp_policy(self.device, amp)
-        self.channels_last = self.device.type in ('cuda', 'cpu') if channels_last is None else channels_last
+        set_seed(cfg.seed, deterministic); _seed_loader(dls.train, cfg.seed)
+        self.device = get_device(cfg.device)
+        self.amp_dtype, scaled = amp_policy(self.device, cfg.amp)
+        self.channels_last = self.device.type in ('cuda', 'cpu') if cfg.channels_last is None else cfg.channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=fmt)
         if self.device.type == 'cuda': torch.backends.cudnn.benchmark = not deterministic
         self.fwd = torch.compile(self.model) if compile else self.model
         params = list(self.model.parameters())
-        try: self.opt = torch.optim.Adam(params, lr=lr, fused=self.device.type in ('cuda', 'mps'))  # one kernel per step
-        except RuntimeError: self.opt = torch.optim.Adam(params, lr=lr)  # this torch has no fused Adam for the device
+        try: self.opt = torch.optim.Adam(params, lr=cfg.lr, fused=self.device.type in ('cuda', 'mps'))  # one kernel
+        except RuntimeError: self.opt = torch.optim.Adam(params, lr=cfg.lr)  # this torch has no fused Adam for the device
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=scaled)
         self.metrics, self.out_dir = SegMetrics(), None if out_dir is None else Path(out_dir)
+        self.cbs = sorted([ProgressCB()] if cbs is None else list(cbs), key=lambda c: getattr(c, 'order', 0))
         self.epoch, self.step, self.history, self.best = 0, 0, [], None  # the run's state, saved in checkpoints
         self.wrote = False  # whether this trainer has written to out_dir (fit refuses to overwrite another run)
-        self.epochs = self.total_steps = self.mb = self.stop_requested = self.stopped = self.size = None  # set by `fit`
+        self.epochs = self.total_steps = self.stop_requested = self.stopped = self.size = None  # set by `fit`
+        self.batch = self.loss = self.recent_loss = None  # the current batch, for callbacks
 
 # %% ../nbs/04_trainer.ipynb #9d6acdf9
 @patch
@@ -217,15 +254,15 @@ def train_epoch(self:Trainer):
     "One pass over `dls.train`; returns (mean loss, images seen, seconds)."
     self.model.train(); dl = self.dls.train
     losses, sizes = torch.full((len(dl),), float('nan'), device=self.device), torch.zeros(len(dl))
-    bar = progress_bar(dl, parent=self.mb) if self.mb is not None else dl
     t0 = t_read = time.perf_counter()
-    for i, (x, y) in enumerate(bar):
-        self._set_lr(); self.loss = losses[i] = self.train_step(x, y); sizes[i], self.size = len(x), x.shape[-1]
-        self._cb('after_batch')
-        if self.stop_requested: raise _Stop()
+    for i, (x, y) in enumerate(dl):
+        self._set_lr(); self.batch = i
+        self.loss = losses[i] = self.train_step(x, y); sizes[i], self.size = len(x), x.shape[-1]
         if time.perf_counter() - t_read > 0.5 or i + 1 == len(dl):  # read the device at most twice a second
             self.check_losses(losses, i + 1); t_read = time.perf_counter()
-            if bar is not dl: bar.comment = f'loss {losses[:i+1].nanmean():.4f}'
+            self.recent_loss = losses[:i + 1].nanmean().item()
+        self._cb('after_batch')
+        if self.stop_requested: raise _Stop()
     mean = float((losses.cpu() * sizes).sum() / sizes.sum())  # waits for the last kernel: the timing is honest
     return mean, int(sizes.sum()), time.perf_counter() - t0
 
@@ -233,11 +270,11 @@ def train_epoch(self:Trainer):
 def _set_lr(self:Trainer):
     "Set the learning rate the schedule gives for the current step."
     pct = self.step / self.total_steps if self.total_steps else 0.
-    for g in self.opt.param_groups: g['lr'] = self.lr * sched_factor(self.schedule, pct)
+    for g in self.opt.param_groups: g['lr'] = self.cfg.lr * sched_factor(self.cfg.schedule, pct)
 
 @patch
-def _cb(self:Trainer, event):
-    "Call `event` (e.g. 'after_batch') on every callback that has it."
+def _cb(self:Trainer, event:str): # one of `EVENTS`
+    "Call `event` on every callback that has it, in their order."
     for cb in self.cbs: getattr(cb, event, lambda t: None)(self)
 
 class _Stop(Exception): "Raised inside `fit` to stop cleanly after a signal."
@@ -298,9 +335,10 @@ def _signals(self:Trainer):
 
 # %% ../nbs/04_trainer.ipynb #8f4dd393
 @patch
-def fit(self:Trainer, epochs:int, # train until this many epochs are done, counting those of a resumed run
+def fit(self:Trainer, epochs:int|None=None, # train until this many epochs are done in all; None: `cfg.epochs`
         resume:bool=False):       # first continue from `out_dir/last.pt` when it exists
     "Train until `epochs` epochs are done; returns the history (one dict per epoch). Stops cleanly on SIGINT/SIGTERM."
+    epochs = self.cfg.epochs if epochs is None else epochs
     if len(self.dls.train) == 0: raise ValueError('fit: `dls.train` yields no batch')
     if self.out_dir is not None and (self.out_dir/'last.pt').exists():
         if resume: self.resume()
@@ -308,40 +346,26 @@ def fit(self:Trainer, epochs:int, # train until this many epochs are done, count
                                                    'resume=True to continue it, or use another out_dir')
     self.epochs, self.total_steps, self.stopped = epochs, epochs * len(self.dls.train), None
     if self.epoch == 0: self.save('last')  # so that a valid last.pt exists from the first step on
-    todo = range(self.epoch, epochs)
-    self.mb = master_bar(todo) if self.progress and _live() else None
     with self._signals():
         try:
-            self._log(list(_COLS))
-            for _ in (self.mb if self.mb is not None else todo):
+            self._cb('before_fit')
+            while self.epoch < epochs:
                 if self.stop_requested: raise _Stop()
                 self.one_epoch()
         except (_Stop, KeyboardInterrupt): self._report_stop()
+        finally: self._cb('after_fit')
     return self.history
 
 # %% ../nbs/04_trainer.ipynb #80cd237e
-_COLS = ('epoch', 'train_loss', 'valid_loss', 'iou', 'dice', 'lr', 'seconds', 'images_per_s')
-
-def _live():
-    "True where a progress bar can redraw itself: in Jupyter, or in a terminal (not in a log file)."
-    return in_notebook() or sys.stdout.isatty()
-
-@patch
-def _log(self:Trainer, cells):
-    "One row of the epoch table: into the live progress display, or printed as plain text."
-    if self.mb is not None: self.mb.write(cells, table=True)
-    elif self.progress: print(' '.join(f'{c:>12}' for c in cells), flush=True)
-
 @patch
 def one_epoch(self:Trainer):
-    "Train and validate one epoch, then record it, save checkpoints and call the callbacks' `after_epoch`."
+    "Train and validate one epoch, record it and save checkpoints, between the `before_epoch` and `after_epoch` events."
     t0 = time.perf_counter(); self._cb('before_epoch')
     train_loss, n, secs = self.train_epoch()
     valid = self.evaluate(); self.epoch += 1
     row = dict(epoch=self.epoch, train_loss=train_loss, valid_loss=valid.pop('loss'), **valid,
                lr=self.opt.param_groups[0]['lr'], seconds=time.perf_counter() - t0, images_per_s=n / secs)
     self.history.append(row); self._checkpoint(row)
-    self._log([f'{row[c]:.4g}' for c in _COLS])
     self._cb('after_epoch')
 
 # %% ../nbs/04_trainer.ipynb #64c50d18
