@@ -150,7 +150,7 @@ def test_bad_option_type(capsys):
 def test_nan_loss_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     "The trainer's NaN guard reaches a CLI user as its message and exit status 1."
     from unet_tutorial import experiments
-    def nan_fit(self, epochs, resume=False):
+    def nan_fit(self, epochs=None, resume=False):
         raise FloatingPointError('Loss is nan at epoch 1, step 3 of 5: training stopped. Try a lower lr')
     monkeypatch.setattr(experiments.Trainer, 'fit', nan_fit)
     assert experiments.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
