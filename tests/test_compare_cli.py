@@ -1,7 +1,7 @@
 """End-to-end tests of the `unet-compare` command line on the CPU: quick mode, resume, interruption, bad input.
 
-Each test runs the installed console script (or `unet_compare()` through `python -c` when the script is not
-installed) in a subprocess, as a user would, with the tensor cache in the test's temporary folder.
+Each test runs the installed console script (or `unet_compare()` through `python -c` when the installed script is
+not this package's `unet_tutorial.cli` one) in a subprocess, as a user would, with the tensor cache in the test's temporary folder.
 """
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
@@ -14,8 +14,8 @@ TINY = ['--size', '32', '--width', '4']  # a tiny model, for the tests that chec
 
 def _cmd():
     exe = Path(sys.executable).parent/'unet-compare'
-    if exe.exists(): return [str(exe)]
-    return [sys.executable, '-c', 'import sys; from unet_tutorial.experiments import unet_compare; sys.exit(unet_compare())']
+    if exe.exists() and 'unet_tutorial.cli' in exe.read_text(errors='replace'): return [str(exe)]
+    return [sys.executable, '-c', 'import sys; from unet_tutorial.cli import unet_compare; sys.exit(unet_compare())']
 
 
 def _env(tmp):
@@ -124,6 +124,7 @@ def test_bad_input(tmp_path, case):
 @pytest.mark.parametrize('args,want', [
     (['--epochs', '0'], ['--epochs', 'at least 1']),
     (['--batch-size', '0'], ['--batch-size', 'at least 1']),
+    (['--batch_size', '0'], ['--batch-size', 'at least 1']),
     (['--size', '8'], ['--size', 'at least 16']),
     (['--limit', '0'], ['--limit', 'at least 1']),
     (['--seeds', '0,x'], ['--seeds', '0,1,2']),
@@ -132,7 +133,7 @@ def test_bad_input(tmp_path, case):
     (['--threads', '0'], ['--threads', 'at least 1'])])
 def test_bad_options(tmp_path, capsys, args, want):
     "The same entry point in this process (faster): bad options are a message and status 2, checked before any work."
-    from unet_tutorial.experiments import unet_compare
+    from unet_tutorial.cli import unet_compare
     assert unet_compare(['--quick', '--out', str(tmp_path/'out'), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith('unet-compare: error:') and 'Traceback' not in err, err
@@ -142,17 +143,17 @@ def test_bad_options(tmp_path, capsys, args, want):
 
 def test_bad_option_type(capsys):
     "A value of the wrong type is argparse's usage message and status 2."
-    from unet_tutorial.experiments import unet_compare
+    from unet_tutorial.cli import unet_compare
     with pytest.raises(SystemExit) as e: unet_compare(['--epochs', 'ten'])
     assert e.value.code == 2 and "invalid int value: 'ten'" in capsys.readouterr().err
 
 
 def test_nan_loss_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     "The trainer's NaN guard reaches a CLI user as its message and exit status 1."
-    from unet_tutorial import experiments
+    from unet_tutorial import cli, experiments
     def nan_fit(self, epochs=None, resume=False):
         raise FloatingPointError('Loss is nan at epoch 1, step 3 of 5: training stopped. Try a lower lr')
     monkeypatch.setattr(experiments.Trainer, 'fit', nan_fit)
-    assert experiments.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
+    assert cli.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
     err = capsys.readouterr().err
     assert 'epoch 1, step 3' in err and 'lower lr' in err and 'Traceback' not in err

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_tutorial.inference import load_model, predict_files, unet_predict
+from unet_tutorial.cli import unet_predict
+from unet_tutorial.inference import load_model, predict_files
 from unet_tutorial.trainer import predict
 from unet_tutorial.model import UNet
 
@@ -41,12 +42,10 @@ def work(tmp_path_factory):
 
 
 def run_cli(work, *args):
-    "Run `unet-predict` (the installed one, else a script that does what it does) and return the CompletedProcess."
+    "Run `unet-predict` (the installed one, else `python -c` making the same call) and return the CompletedProcess."
     exe = Path(sys.executable).parent/'unet-predict'
-    if not exe.exists():
-        exe = work/'unet_predict.py'
-        exe.write_text('import sys\nfrom unet_tutorial.inference import unet_predict\nsys.exit(unet_predict())\n')
-    cmd = [str(exe)] if exe.suffix != '.py' else [sys.executable, str(exe)]
+    if exe.exists() and 'unet_tutorial.cli' in exe.read_text(errors='replace'): cmd = [str(exe)]
+    else: cmd = [sys.executable, '-c', 'import sys; from unet_tutorial.cli import unet_predict; sys.exit(unet_predict())']
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
 
 
@@ -82,7 +81,7 @@ def test_checkpoint_of_another_configuration(work, tmp_path):
 @pytest.mark.parametrize('ckpt,says', [('missing.pt', 'not found'), ('corrupt.pt', 'not a readable'),
                                        ('no_config.pt', 'model_config'), ('mismatch.pt', 'of another shape')])
 def test_unusable_checkpoint_exit_code(work, tmp_path, capsys, ckpt, says):
-    code = unet_predict([str(work/'photos'/'grey.png')], checkpoint=str(work/ckpt), out=str(tmp_path))
+    code = unet_predict([str(work/'photos'/'grey.png'), '--checkpoint', str(work/ckpt), '--out', str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and ckpt in err and says in err
 
@@ -113,3 +112,12 @@ def test_same_name_in_two_folders_does_not_overwrite(work, tmp_path):
                                     device='cpu', verbose=False)
     assert not failed and len({m for m, _ in written.values()}) == 2
     assert Image.open(written[other/'grey.png'][0]).size == (31, 17)
+
+
+def test_option_spellings(work, tmp_path):
+    "Every option of the old command still parses; a missing checkpoint is argparse's usage error (status 2)."
+    photo = str(work/'photos'/'grey.png')
+    assert unet_predict([photo, '--checkpoint', str(work/'tiny.pt'), '--out', str(tmp_path), '--device', 'cpu',
+                         '--threshold', '0.4', '--size', '64']) == 0
+    with pytest.raises(SystemExit) as e: unet_predict([photo])
+    assert e.value.code == 2
