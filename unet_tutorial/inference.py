@@ -136,7 +136,7 @@ def unet_predict(
     try: written, failed = predict_files(images, checkpoint, out, threshold, size, device)
     except (ValueError, OSError) as e:
         print(f"unet-predict: error: {e}", file=sys.stderr); return 2
-    print(f"wrote {2 * len(written)} files for {len(written)} image(s) to {Path(out).resolve()}")
+    print(f"wrote {2 * len(written)} files for {len(written)} image(s) to {out}")
     if failed:
         print(f"unet-predict: {len(failed)} file(s) not read: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1 if failed else 0
