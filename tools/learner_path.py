@@ -45,7 +45,7 @@ for i, c in enumerate(cells):
         err = next((o for o in outs if o.get('output_type') == 'error'), None)
         tb = '\n'.join(err['traceback']) if err else repr(sh.exc)
         head = '\n'.join('    | ' + l for l in src.splitlines()[:6])
-        print(f'{fn.name}: cell {i} failed: {type(sh.exc).__name__}: {sh.exc}\n  cell {i} source (head):\n{head}'
+        print(f'{fn.name}: cell {i} (0-based, markdown cells counted) failed: {type(sh.exc).__name__}: {sh.exc}\n  cell {i} source (head):\n{head}'
               f'\n  traceback (tail):\n{tb[-3000:]}')
         sys.exit(1)
 print(f'ran {sum(c["cell_type"] == "code" for c in cells) - len(skipped)} code cells, skipped cells {skipped}')
