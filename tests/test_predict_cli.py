@@ -53,7 +53,7 @@ def test_every_format_at_its_own_size(work, tmp_path):
     photos = [work/'photos'/n for n in SIZES]
     r = run_cli(work, *photos, '--checkpoint', work/'tiny.pt', '--out', tmp_path/'out', '--device', 'cpu')
     assert r.returncode == 0, r.stderr
-    assert str((tmp_path/'out').resolve()) in r.stdout
+    assert f"to {tmp_path/'out'}" in r.stdout  # the --out folder, as given
     for name, size in SIZES.items():
         stem = Path(name).stem
         mask, over = Image.open(tmp_path/'out'/f'{stem}_mask.png'), Image.open(tmp_path/'out'/f'{stem}_overlay.png')

@@ -136,7 +136,7 @@ def unet_predict(argv:list=None): # command-line arguments (default: `sys.argv[1
     except (ValueError, OSError) as e: print(f"unet-predict: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt: print("unet-predict: stopped; the masks written so far are kept", file=sys.stderr); return 130
     finally: signal.signal(signal.SIGTERM, old)
-    print(f"wrote {2 * len(written)} files for {len(written)} image(s) to {Path(args['out']).resolve()}")
+    print(f"wrote {2 * len(written)} files for {len(written)} image(s) to {args['out']}")
     if failed:
         print(f"unet-predict: {len(failed)} file(s) not read: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1 if failed else 0

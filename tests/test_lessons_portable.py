@@ -1,0 +1,41 @@
+"""Every lesson runs where learners run it (Colab, any folder) after `pip install unet_tutorial`: its Colab cell
+installs the package version that matches the notebook, and it needs nothing from the dev tools or the repo."""
+import configparser, json, re
+from pathlib import Path
+
+import pytest
+
+root = Path(__file__).resolve().parent.parent
+lessons = sorted((root/'nbs').glob('[0-9][0-9]*_*.ipynb'))
+
+def _version():
+    cfg = configparser.ConfigParser(); cfg.read(root/'settings.ini')
+    return cfg['DEFAULT']['version']
+
+def _code(nb):
+    return [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
+
+def test_there_are_lessons():
+    assert len(lessons) >= 8, [p.name for p in lessons]
+
+@pytest.mark.parametrize('nb', lessons, ids=lambda p: p.name)
+def test_colab_cell_pins_settings_version(nb):
+    "One visible cell installs `unet_tutorial==<settings.ini version>` in Colab only: a release bump must update it."
+    pins = [(i, c) for i, c in enumerate(_code(nb)) if 'pip install' in c and 'unet_tutorial' in c]
+    assert len(pins) == 1, f"{nb.name}: expected one Colab install cell, found {len(pins)}"
+    i, cell = pins[0]
+    versions = re.findall(r'unet_tutorial==([\w.+-]+)', cell)
+    assert versions == [_version()], f"{nb.name}: installs {versions or 'an unpinned unet_tutorial'}, settings.ini has {_version()}"
+    assert "if 'google.colab' in sys.modules:" in cell, f"{nb.name}: the install must run in Colab only"
+    assert not cell.startswith('#| hide'), f"{nb.name}: the Colab cell must be visible"
+    assert i < 3, f"{nb.name}: the Colab cell must come first (it is code cell {i})"
+
+@pytest.mark.parametrize('nb', lessons, ids=lambda p: p.name)
+def test_no_dev_only_imports(nb):
+    "nbdev is a dev dependency: no lesson imports it outside the guarded export cell."
+    cells = _code(nb)
+    assert not any('nbdev.showdoc' in c for c in cells), f"{nb.name} imports nbdev.showdoc"
+    for c in cells[:-1]: assert 'import nbdev' not in c, f"{nb.name}: nbdev imported before the last cell"
+    last = cells[-1]
+    assert 'nbdev_export(' in last and "if os.path.exists('../settings.ini'):" in last, \
+        f"{nb.name}: the last cell must export only inside the project"

@@ -1,0 +1,118 @@
+"""Run the lessons the way a learner does: `pip install unet_tutorial` in a fresh environment, lessons in any folder.
+
+    python tools/learner_path.py [--wheel dist/x.whl] [--venv DIR] [--full 01,02,03,07] [--only 01,07]
+
+1. builds the wheel (or takes --wheel), 2. makes a fresh virtual environment OUTSIDE the checkout (default: a new
+temporary folder; --venv DIR reuses DIR if it has a python, for repeated local runs) holding only that wheel and the
+notebook runner `execnb`, 3. copies the lessons `nbs/NN_*.ipynb` into an empty temporary folder outside the checkout,
+4. executes every lesson top to bottom there, each in a fresh kernel, with the test settings (IN_TEST=1; cells flagged
+`#| slow` or `#| cuda` skipped, as `nbdev_test` does), then the --full lessons (default 01, 02, 03, 07) with IN_TEST
+unset, the settings a learner gets (only `#| cuda` cells skipped, and only without a GPU).
+`UNET_TUTORIAL_DATA` points at `../shared/data/pets128` beside the checkout when it exists; elsewhere the lessons use
+their synthetic fallbacks. Prints a PASS/FAIL line per run and the counts; a failure names the lesson and the cell
+(its first lines and the error). Exit status 1 if any run fails.
+"""
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+RUNNER = r'''
+import json, os, sys, time
+from pathlib import Path
+from execnb.shell import CaptureShell
+
+def directives(src):
+    out = {}
+    for l in src.splitlines():
+        if not l.startswith('#|'): break
+        k, *v = l[2:].split(maxsplit=1)
+        out[k] = v[0].strip() if v else ''
+    return out
+
+fn, skip = Path(sys.argv[1]).resolve(), set(filter(None, sys.argv[2].split(',')))
+import unet_tutorial
+where = Path(unet_tutorial.__file__).resolve()
+if 'site-packages' not in where.parts: sys.exit(f'unet_tutorial imported from {where}, not from the installed wheel')
+os.chdir(fn.parent)
+sh, skipped = CaptureShell(fn), []
+cells = json.loads(fn.read_text())['cells']
+for i, c in enumerate(cells):
+    if c['cell_type'] != 'code': continue
+    src = ''.join(c['source'])
+    d = directives(src)
+    if d.get('eval:', '').lower() == 'false' or skip & set(d): skipped.append(i); continue
+    outs = sh.run(src)
+    if sh.exc is not None:
+        err = next((o for o in outs if o.get('output_type') == 'error'), None)
+        tb = '\n'.join(err['traceback']) if err else repr(sh.exc)
+        head = '\n'.join('    | ' + l for l in src.splitlines()[:6])
+        print(f'{fn.name}: cell {i} (0-based, markdown cells counted) failed: {type(sh.exc).__name__}: {sh.exc}\n  cell {i} source (head):\n{head}'
+              f'\n  traceback (tail):\n{tb[-3000:]}')
+        sys.exit(1)
+print(f'ran {sum(c["cell_type"] == "code" for c in cells) - len(skipped)} code cells, skipped cells {skipped}')
+'''
+
+def sh(*cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+def main():
+    root = Path(__file__).resolve().parent.parent
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--wheel', help='the wheel to install (default: build one)')
+    p.add_argument('--venv', help='virtual environment folder outside the checkout (default: a new temporary one)')
+    p.add_argument('--full', default='01,02,03,07', help='lessons also run with IN_TEST unset')
+    p.add_argument('--only', default='', help='run only these lessons (default: all)')
+    a = p.parse_args()
+    t0, work = time.time(), Path(tempfile.mkdtemp(prefix='unet_learner_'))
+    print(f'learner path: work folder {work}')
+    if a.wheel: wheel = Path(a.wheel).resolve()
+    else:
+        sh(sys.executable, '-m', 'build', '--wheel', '--no-isolation', '-o', work/'dist', root,
+           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wheel = next((work/'dist').glob('unet_tutorial-*.whl'))
+    venv = Path(a.venv).resolve() if a.venv else work/'venv'
+    for d in (venv, work):
+        if d == root or root in d.parents: sys.exit(f'{d} is inside the checkout {root}: use a folder outside it')
+    py = venv/'bin'/'python'
+    if not py.exists(): sh(sys.executable, '-m', 'venv', venv)
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'IN_TEST', 'VIRTUAL_ENV', 'UNET_TUTORIAL_DATA')}
+    env['PIP_DISABLE_PIP_VERSION_CHECK'] = '1'
+    t = time.time()
+    # the wheel alone (its own requirements come from the registry) and the notebook runner; nothing from the repo
+    for args in (['--force-reinstall', '--no-deps', wheel], [wheel, 'execnb<0.2']):
+        r = subprocess.run([py, '-m', 'pip', 'install', '-q', *args], env=env, cwd=work, capture_output=True, text=True)
+        if r.returncode: print(r.stdout[-4000:], r.stderr[-4000:], sep='\n'); sys.exit('pip install failed')
+    print(f'installed {wheel.name} and execnb into {venv} in {time.time() - t:.0f}s')
+    gpu = subprocess.run([py, '-c', 'import torch; print(torch.cuda.is_available())'], env=env, cwd=work,
+                         capture_output=True, text=True, check=True).stdout.strip() == 'True'
+
+    lessons_dir = work/'lessons'; lessons_dir.mkdir()
+    only = set(filter(None, a.only.split(',')))
+    lessons = [nb for nb in sorted((root/'nbs').glob('[0-9][0-9]_*.ipynb')) if not only or nb.name[:2] in only]
+    for nb in lessons: shutil.copy(nb, lessons_dir/nb.name)
+    (work/'runner.py').write_text(RUNNER)
+    data = (root.parent/'shared'/'data'/'pets128').resolve()
+    if data.is_dir(): env['UNET_TUTORIAL_DATA'] = str(data); print('data: the real Oxford-IIIT Pet copy beside the checkout')
+    else: print("data: none beside the checkout, the lessons use their synthetic fallbacks")
+    print(f"skipped cells: `#| slow` and `#| cuda` in the IN_TEST=1 runs; `#| cuda` in the full runs"
+          f"{' (none: a GPU is present)' if gpu else ' (no GPU here)'}")
+
+    full = set(filter(None, a.full.split(',')))
+    runs = [(nb, True) for nb in lessons] + [(nb, False) for nb in lessons if nb.name[:2] in full]
+    passed, failed = [], []
+    for nb, in_test in runs:
+        e = dict(env, IN_TEST='1') if in_test else env
+        skip = 'slow,cuda' if in_test else ('' if gpu else 'cuda')
+        label = f"{nb.name} ({'IN_TEST=1' if in_test else 'learner settings'})"
+        t = time.time()
+        r = subprocess.run([py, work/'runner.py', lessons_dir/nb.name, skip], env=e, cwd=lessons_dir,
+                           capture_output=True, text=True)
+        ok = r.returncode == 0
+        (passed if ok else failed).append(label)
+        print(f"{'PASS' if ok else 'FAIL'}  {label:48s} {time.time() - t:6.1f}s", flush=True)
+        if not ok: print(r.stdout[-8000:], r.stderr[-4000:], sep='\n', flush=True)
+    print(f'learner path: {len(passed)} passed, {len(failed)} failed in {time.time() - t0:.0f}s')
+    for f in failed: print(f'  FAILED {f}')
+    shutil.rmtree(work, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+if __name__ == '__main__': main()
