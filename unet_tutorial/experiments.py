@@ -16,10 +16,10 @@ import torch
 from .data import TensorLoader, check_pets_root, get_device, get_dls
 from .data import read_split, split_trainval, validate_pets
 from .model import build_model, count_params, get_experiment
-from .losses import SegMetrics, get_loss, pos_weight_from_masks
+from .losses import SegMetrics, get_loss, per_image_iou, pos_weight_from_masks
 from .trainer import Trainer, atomic_save, cpu_kind, load_checkpoint
 from .config import GPU, RunConfig, check_same, data_fingerprint, settings_of
-from .report import Comparison, per_image_iou, write_results
+from .report import Comparison, write_results
 
 # %% ../nbs/05_experiments.ipynb #8a1188fa
 @torch.no_grad()

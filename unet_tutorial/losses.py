@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['LOSS_NAMES', 'DiceLoss', 'pos_weight_from_masks', 'WeightedBCE', 'BCEDiceLoss', 'get_loss', 'confusion_counts',
-           'SegMetrics']
+           'per_image_iou', 'SegMetrics']
 
 # %% ../nbs/03_losses.ipynb #454813ae
 import torch
@@ -124,6 +124,16 @@ def confusion_counts(logits, # (B, 1, H, W) logits
     dims = (1, 2, 3)
     return (pred & pet).sum(dims), (pred & bg).sum(dims), (~pred & pet).sum(dims), (~pred & bg).sum(dims)
 
+# %% ../nbs/03_losses.ipynb #c803774a
+def per_image_iou(logits, # (B, 1, H, W) logits
+                  mask, # (B, 1, H, W) uint8 mask: 0 = background, 1 = pet, `ignore_index` = ignored
+                  threshold:float=0.5, # a pixel is predicted pet when sigmoid(logit) > threshold
+                  ignore_index:int=255): # mask value left out of every count
+    "Foreground IoU of every image, (B,) float; 1 when the mask and the prediction are both empty."
+    tp, fp, fn, _ = confusion_counts(logits, mask, threshold, ignore_index)  # (B,) each
+    union = tp + fp + fn                                                    # (B,)
+    return torch.where(union > 0, tp / union.clamp_min(1), 1.0)
+
 # %% ../nbs/03_losses.ipynb #a6d3bc15
 def _ratio(num, den, empty):
     "num / den, or `empty` when den is 0."
@@ -147,7 +157,7 @@ class SegMetrics:
         "Add a batch of logits (B, 1, H, W) and masks (B, 1, H, W), on the logits' device, without a host sync."
         tp, fp, fn, tn = confusion_counts(logits, mask, self.threshold, self.ignore_index)   # (B,) each
         union = tp + fp + fn                                            # (B,)
-        iou = torch.where(union > 0, tp / union.clamp_min(1), 1.0)      # (B,) empty mask + empty prediction: 1
+        iou = per_image_iou(logits, mask, self.threshold, self.ignore_index)  # (B,) empty mask + empty prediction: 1
         has_valid = (union + tn) > 0                                    # (B,) images with a valid pixel
         counts = torch.stack([tp.sum(), fp.sum(), fn.sum(), tn.sum()])  # (4,)
         image_iou = torch.stack([(iou * has_valid).sum(), has_valid.sum()]).float()  # (2,) fp32: MPS has no fp64
