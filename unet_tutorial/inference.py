@@ -16,7 +16,7 @@ import torch
 from fastcore.script import Param, call_parse
 from PIL import Image, ImageOps
 
-from .data import get_device
+from .core import get_device
 from .model import UNet
 from .trainer import predict
 
