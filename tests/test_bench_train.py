@@ -2,7 +2,7 @@
 import os, re, subprocess, sys
 from pathlib import Path
 
-from unet_tutorial.data import make_synthetic_pets
+from unet_tutorial.synthetic import make_synthetic_pets
 
 ROOT = Path(__file__).resolve().parent.parent
 

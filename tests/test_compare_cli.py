@@ -97,7 +97,8 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path):
 
 def _corrupt_copy(root):
     "A synthetic dataset with one corrupt image in trainval and one in test; returns their names."
-    from unet_tutorial.data import make_synthetic_pets, read_split
+    from unet_tutorial.data import read_split
+    from unet_tutorial.synthetic import make_synthetic_pets
     make_synthetic_pets(root, n_trainval=16, n_test=8, size=32)
     bad = [read_split(root, 'trainval')[3], read_split(root, 'test')[2]]
     for n in bad: (root/'oxford-iiit-pet'/'images'/f'{n}.jpg').write_bytes(b'not a jpeg')

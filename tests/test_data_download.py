@@ -6,7 +6,8 @@ downloader is replaced by a stand-in: one that fails (nothing may be fetched whe
 """
 import pytest
 import torchvision.datasets.oxford_iiit_pet as tv_pet
-from unet_tutorial.data import get_pets, make_synthetic_pets, read_split
+from unet_tutorial.data import get_pets, read_split
+from unet_tutorial.synthetic import make_synthetic_pets
 
 def test_download_skips_existing_copy(tmp_path, monkeypatch):
     root = make_synthetic_pets(tmp_path/'pets', n_trainval=8, n_test=4, size=32)

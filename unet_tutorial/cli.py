@@ -13,10 +13,13 @@ import torch
 from fastcore.docments import docments
 from fastcore.script import Param
 
-from .data import find_pets, get_device, get_pets, make_synthetic_pets
+from .core import get_device
+from .data import find_pets, get_pets
+from .synthetic import make_synthetic_pets
 from .model import get_experiment
 from .config import QUICK, preset as get_preset
-from .experiments import BadInput, run_comparison
+from .core import BadInput
+from .experiments import run_comparison
 from .report import results_table, summarize
 from .inference import predict_files
 

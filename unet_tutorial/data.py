@@ -14,34 +14,18 @@ from torchvision import tv_tensors
 from torchvision.datasets import OxfordIIITPet
 from torchvision.transforms import v2 as T
 
+from .core import default_device, get_device
+
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SYNTH_BREEDS', 'BORDERS', 'default_device', 'get_device',
-           'find_pets', 'check_pets_root', 'get_pets', 'read_split', 'breed_of', 'make_synthetic_pets',
-           'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize', 'show_batch',
-           'validate_pets', 'cache_dir', 'load_cached', 'augment_batch', 'TensorLoader', 'DataLoaders', 'get_dls',
-           'trimap_stats']
+__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split',
+           'breed_of', 'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize',
+           'show_batch', 'validate_pets', 'cache_dir', 'load_cached', 'augment_batch', 'TensorLoader', 'DataLoaders',
+           'get_dls', 'trimap_stats']
 
 # %% ../nbs/00_data.ipynb #ba58f5f4
 IGNORE_INDEX = 255                       # mask value that losses and metrics skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-def default_device() -> torch.device:
-    "cuda if there is one, else mps, else cpu"
-    if torch.cuda.is_available(): return torch.device('cuda')
-    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
-    return torch.device('cpu')
-
-# %% ../nbs/00_data.ipynb #757c1d30
-def get_device(name:str|None=None # 'cpu', 'cuda', 'cuda:1', 'mps', a `torch.device`, or None for `default_device()`
-              ) -> torch.device:
-    "The device called `name`, or a ValueError naming it when it is unknown or this machine has none"
-    if name is None or name == '': return default_device()
-    try: dev = torch.device(name)
-    except (RuntimeError, ValueError): raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
-    here = dict(cpu=True, cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available())
-    if not here.get(dev.type, False): raise ValueError(f"device {name!r} is not available on this machine: use cpu")
-    return dev
 
 # %% ../nbs/00_data.ipynb #d4bcedc3
 def find_pets(root=None # a folder holding `oxford-iiit-pet/`; None: env UNET_TUTORIAL_DATA, then search upwards
@@ -56,7 +40,7 @@ def find_pets(root=None # a folder holding `oxford-iiit-pet/`; None: env UNET_TU
 
 # %% ../nbs/00_data.ipynb #8faf86d2
 _HOW = ("Get it with `get_pets(root, download=True)` or `unet-compare --data ROOT --download`, "
-        "or make a small synthetic copy with `make_synthetic_pets(root)`.")
+        "or make a small synthetic copy with `unet_tutorial.synthetic.make_synthetic_pets(root)`.")
 _NEEDED = ('images', 'annotations/trimaps', 'annotations/trainval.txt', 'annotations/test.txt')
 
 def check_pets_root(root # the folder holding `oxford-iiit-pet/` (the folder itself is accepted too)
@@ -90,61 +74,6 @@ def read_split(root, # a folder holding `oxford-iiit-pet/`
 def breed_of(name:str) -> str:
     "The breed of an image name: 'Abyssinian_12' -> 'Abyssinian', 'great_pyrenees_3' -> 'great_pyrenees'"
     return name.rsplit('_', 1)[0]
-
-# %% ../nbs/00_data.ipynb #2b27b506
-SYNTH_BREEDS = {'Ginger': (0.9, 0.5, 0.15), 'Russian_Blue': (0.45, 0.5, 0.6), 'Siamese': (0.9, 0.85, 0.7),
-                'beagle': (0.6, 0.4, 0.2), 'black_pug': (0.12, 0.1, 0.1), 'samoyed': (0.97, 0.97, 0.95)}
-
-def _noise(n, size, g, cells=6): # smooth noise in [0, 1]: (n, 3, size, size)
-    return F.interpolate(torch.rand(n, 3, cells, cells, generator=g), size=(size, size), mode='bicubic', align_corners=False).clamp(0, 1)
-
-def _blobs(n, size, g): # a body (ellipse) and a head (circle at one end): bool (n, size, size)
-    yy, xx = torch.meshgrid(*[torch.linspace(-1, 1, size)]*2, indexing='ij')
-    c, ax, th, r = torch.rand(n, 2, generator=g)*0.5-0.25, torch.rand(n, 2, generator=g), torch.rand(n, generator=g)*math.pi, torch.rand(n, generator=g)
-    a, b = 0.5+0.3*ax[:, 0], 0.35+0.2*ax[:, 1]                       # body half-axes
-    cos, sin = th.cos()[:, None, None], th.sin()[:, None, None]
-    dx, dy = xx - c[:, 0, None, None], yy - c[:, 1, None, None]          # (n, size, size)
-    body = ((dx*cos + dy*sin)/a[:, None, None])**2 + ((dy*cos - dx*sin)/b[:, None, None])**2 <= 1
-    hx, hy = dx - (a*th.cos())[:, None, None], dy - (a*th.sin())[:, None, None]
-    return body | (hx**2 + hy**2 <= ((0.18+0.12*r)**2)[:, None, None])
-
-# %% ../nbs/00_data.ipynb #3088db5a
-def _synth_arrays(n, size, seed):
-    "Images uint8 (n,size,size,3), trimaps uint8 (n,size,size), breed index (n,) of synthetic pets"
-    g = torch.Generator().manual_seed(seed)
-    inside = _blobs(n, size, g)
-    inside[[1, n-1]] = False                                            # no pet: empty trimaps are real
-    k = torch.arange(n) % len(SYNTH_BREEDS)
-    pet = torch.tensor(list(SYNTH_BREEDS.values()))[k][..., None, None] * (0.6 + 0.4*_noise(n, size, g, 10))
-    stripes = torch.sin(torch.linspace(0, 1, size)*torch.rand(n, 1, 1, 1, generator=g)*40)   # (n, 1, 1, size)
-    bg = torch.rand(n, 3, 1, 1, generator=g)*0.6 + 0.4*_noise(n, size, g) + 0.08*stripes
-    img = torch.where(inside[:, None], pet, bg) + 0.03*torch.randn(n, 3, size, size, generator=g)
-    m = inside[:, None].float()                                         # (n, 1, size, size)
-    outer, inner = F.max_pool2d(m, 3, 1, 1)[:, 0] > 0, -F.max_pool2d(-m, 3, 1, 1)[:, 0] > 0
-    tri = torch.full((n, size, size), 2, dtype=torch.uint8)
-    tri[outer & ~inner], tri[inner] = 3, 1
-    return (img.clamp(0, 1)*255).round().byte().permute(0, 2, 3, 1).numpy(), tri.numpy(), k
-
-# %% ../nbs/00_data.ipynb #396dad5e
-def make_synthetic_pets(root, # folder to write `oxford-iiit-pet/` into
-                        n_trainval=96, n_test=32, size=64, seed=0) -> Path:
-    "Write a small synthetic Oxford-IIIT Pet in the official layout (JPEG images, PNG trimaps, split lists)"
-    base, n, breeds = Path(root)/'oxford-iiit-pet', n_trainval + n_test, list(SYNTH_BREEDS)
-    (base/'images').mkdir(parents=True, exist_ok=True); (base/'annotations'/'trimaps').mkdir(parents=True, exist_ok=True)
-    imgs, tris, k = _synth_arrays(n, size, seed)
-    cls = {b: i+1 for i, b in enumerate(sorted(breeds, key=str.lower))}
-    lines = []
-    for i, b in enumerate(k.tolist()):
-        name, cat = f'{breeds[b]}_{i//len(breeds)+1}', breeds[b][0].isupper()
-        Image.fromarray(imgs[i]).save(base/'images'/f'{name}.jpg', quality=90)
-        Image.fromarray(tris[i]).save(base/'annotations'/'trimaps'/f'{name}.png')
-        same = [x for x in breeds if x[0].isupper() == cat]
-        lines.append(f'{name} {cls[breeds[b]]} {1 if cat else 2} {same.index(breeds[b])+1}')
-    ann = base/'annotations'
-    (ann/'list.txt').write_text('#Image CLASS-ID SPECIES BREED ID\n#SPECIES: 1:Cat 2:Dog\n' + '\n'.join(lines) + '\n')
-    (ann/'trainval.txt').write_text('\n'.join(lines[:n_trainval]) + '\n')
-    (ann/'test.txt').write_text('\n'.join(lines[n_trainval:]) + '\n')
-    return Path(root)
 
 # %% ../nbs/00_data.ipynb #3dc5df3b
 BORDERS = ('background', 'pet', 'ignore')

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .data import get_device
+from .core import get_device
 from .model import UNet
 from .trainer import predict
 

@@ -14,40 +14,15 @@ from fastcore.imports import in_notebook
 from fastprogress.fastprogress import master_bar, progress_bar
 from PIL import Image
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, get_device
+from .core import atomic_save, get_device, get_rng_state, read_checkpoint, set_rng_state, set_seed
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .losses import SegMetrics
 from .model import UNet
 from .config import RunConfig
 
 # %% auto #0
-__all__ = ['EVENTS', 'set_seed', 'get_rng_state', 'set_rng_state', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'sched_factor',
-           'atomic_save', 'Callback', 'ProgressCB', 'Trainer', 'plot_history', 'load_checkpoint', 'predict',
-           'show_prediction']
-
-# %% ../nbs/04_trainer.ipynb #8a1a6a57
-def set_seed(seed:int|None,           # seed for Python's, NumPy's and PyTorch's generators (every device); None: leave them
-             deterministic:bool=False): # also ask for deterministic kernels (slower on a GPU)
-    "Seed every random number generator, and optionally make PyTorch's kernels deterministic."
-    if seed is not None: random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)  # CUDA and MPS too
-    if deterministic:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # needed by deterministic cuBLAS
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-# %% ../nbs/04_trainer.ipynb #bc7492d4
-def get_rng_state() -> dict:
-    "The state of every random number generator, as types that `torch.load(weights_only=True)` accepts."
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    state = dict(python=random.getstate(), numpy=(kind, key.tolist(), pos, has_gauss, gauss),
-                 torch=torch.get_rng_state())
-    if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-def set_rng_state(state:dict): # from `get_rng_state`
-    "Restore the generators saved by `get_rng_state`."
-    random.setstate(state['python']); torch.set_rng_state(state['torch'])
-    kind, key, *rest = state['numpy']; np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
-    if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+__all__ = ['EVENTS', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'sched_factor', 'Callback', 'ProgressCB', 'Trainer',
+           'plot_history', 'load_checkpoint', 'predict', 'show_prediction']
 
 # %% ../nbs/04_trainer.ipynb #98c6cf73
 def _loader_gen(dl):
@@ -101,21 +76,6 @@ def sched_factor(kind:str|None, # None (constant), 'cosine' or 'onecycle'
     if kind == 'onecycle':
         return _cos(1/div, 1., pct/warmup) if pct < warmup else _cos(1., 1/(div*final_div), (pct-warmup)/(1-warmup))
     raise ValueError(f"schedule={kind!r}: use None, 'cosine' or 'onecycle'")
-
-# %% ../nbs/04_trainer.ipynb #b04ecc89
-def atomic_save(obj,  # a checkpoint dict (`torch.save`), or JSON-able data when `path` ends in .json
-                path): # the file to (over)write
-    "Save `obj` to `path` through a temporary file and `os.replace`, so `path` is never half-written."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            if path.suffix == '.json': f.write(json.dumps(obj, indent=1).encode())
-            else: torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
 
 # %% ../nbs/04_trainer.ipynb #d1501e03
 EVENTS = ('before_fit', 'before_epoch', 'after_batch', 'after_epoch', 'after_fit')
@@ -307,12 +267,10 @@ def save(self:Trainer, name:str): # 'last' or 'best': the file `out_dir/{name}.p
 
 @patch
 def resume(self:Trainer, path=None): # a checkpoint file; default `out_dir/last.pt`
-    "Continue from a checkpoint written by `save`; returns the trainer."
+    "Continue from a checkpoint written by `save` (read with `read_checkpoint`); returns the trainer."
     if path is None and self.out_dir is None:
         raise ValueError('resume: pass `path`, or create the Trainer with `out_dir`')
-    path = Path(path) if path is not None else self.out_dir/'last.pt'
-    if not path.exists(): raise FileNotFoundError(f'resume: no checkpoint at {path}')
-    self.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+    self.load_state_dict(read_checkpoint(path if path is not None else self.out_dir/'last.pt'))
     return self
 
 # %% ../nbs/04_trainer.ipynb #90e0e30b
@@ -408,7 +366,7 @@ def plot_history(history,                 # `Trainer.fit`'s result, or the path 
 def load_checkpoint(path,         # a best.pt or last.pt written by `Trainer`
                     device='cpu'): # where to put the model
     "Rebuild the model saved in a checkpoint; returns (model in eval mode, the checkpoint dict)."
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_checkpoint(path)
     if not ckpt.get('model_config'): raise ValueError(f'{path}: no model_config in this checkpoint; rebuild the model '
                                                       f'yourself and load ckpt["model"] into it')
     model = UNet(**ckpt['model_config']); model.load_state_dict(ckpt['model'])
