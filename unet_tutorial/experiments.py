@@ -18,7 +18,8 @@ from .data import TensorLoader, check_pets_root, get_dls
 from .data import read_split, split_trainval, validate_pets
 from .model import build_model, count_params, get_experiment
 from .losses import SegMetrics, get_loss, per_image_iou, pos_weight_from_masks
-from .trainer import Trainer, cpu_kind, load_checkpoint
+from .trainer import Trainer, cpu_kind
+from .inference import load_model
 from .config import GPU, RunConfig, check_same, data_fingerprint, settings_of
 from .report import Comparison, write_results
 
@@ -75,7 +76,7 @@ def train_one(cfg:RunConfig, # the run: its experiment, seed and every training 
     trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, cfg, out_dir=run_dir, cbs=None if progress else ())
     hist = trainer.fit(resume=True)
     if len(hist) < cfg.epochs: raise KeyboardInterrupt  # stopped by SIGINT/SIGTERM: last.pt holds the finished epochs
-    best, ckpt = load_checkpoint(run_dir/'best.pt', device=trainer.device)
+    best, ckpt = load_model(run_dir/'best.pt', trainer.device)
     t = time.perf_counter(); test, ious = evaluate_model(best, dls.test); test_s = time.perf_counter() - t
     rec = _record(cfg, hist, model, test, ckpt, test_s, trainer, dls.train.n)
     atomic_save(ious, run_dir/'per_image_iou.json')

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['to_rgb', 'load_image', 'CheckpointError', 'load_model', 'reference_checkpoint', 'reference_model', 'make_reference',
-           'overlay', 'predict_files']
+           'predict', 'show_prediction', 'overlay', 'predict_files']
 
 # %% ../nbs/07_inference.ipynb #b8819a36
 import json, sys
@@ -12,12 +12,12 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
+import torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .core import get_device
+from .core import BadInput, get_device, read_checkpoint
+from .data import normalize
 from .model import UNet
-from .trainer import predict
 
 # %% ../nbs/07_inference.ipynb #26084aa7
 def to_rgb(im: Image.Image, # a PIL image in any mode
@@ -42,7 +42,7 @@ def load_image(path, # an image file: JPEG, PNG, TIFF, ... of any size
         raise ValueError(f"cannot read image {path}: {e}. Is it a JPEG/PNG/... picture file?") from None
 
 # %% ../nbs/07_inference.ipynb #dcb408eb
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     "A checkpoint that cannot be used: missing, unreadable, or of another configuration."
 
 def _mismatch(saved: dict, expected: dict) -> str:
@@ -56,16 +56,14 @@ def _mismatch(saved: dict, expected: dict) -> str:
     return '; '.join(parts)
 
 # %% ../nbs/07_inference.ipynb #7fee5fdd
-def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `model_config`
+def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `model_config`, e.g. a run's best.pt
                device=None, # where to put the model (default: `default_device()`)
               ) -> tuple:
     "The `UNet` saved in `checkpoint` in eval mode on `device`, and the checkpoint dict; `CheckpointError` if unusable."
     path = Path(checkpoint)
-    if not path.is_file(): raise CheckpointError(f"checkpoint {path} not found: pass the best.pt written by training")
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint: {e}") from None
-    missing = [k for k in ('model', 'model_config') if not isinstance(ckpt, dict) or ckpt.get(k) is None]
+    try: ckpt = read_checkpoint(path)         # the toolbox's safe loader (lesson 00_core): weights_only, clear errors
+    except BadInput as e: raise CheckpointError(str(e)) from None
+    missing = [k for k in ('model', 'model_config') if ckpt.get(k) is None]
     if missing: raise CheckpointError(f"checkpoint {path} has no {' and no '.join(missing)}: use one the Trainer wrote")
     cfg = ckpt['model_config']
     try: model = UNet(**cfg)
@@ -105,6 +103,61 @@ def make_reference(run_dir, # a finished run's folder: best.pt and metrics.json
     if (mib := out.stat().st_size / 2**20) > max_mib:
         out.unlink(); raise ValueError(f"{out}: {mib:.1f} MiB is more than {max_mib} MiB; train a narrower model")
     return out
+
+# %% ../nbs/07_inference.ipynb #bf41c9c5
+def _image_tensor(image):
+    "A (3, H, W) float tensor in [0, 1] from a PIL image, a path, an (H, W, 3) array or a (3, H, W) tensor."
+    if isinstance(image, (str, Path)): image = Image.open(image)
+    if isinstance(image, Image.Image): image = np.asarray(image.convert('RGB'))
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3:
+        image = torch.tensor(image).permute(2, 0, 1)                    # (3, H, W), a copy
+    if not (isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3):
+        raise ValueError(f'image: expected a PIL image, a path, an (H, W, 3) array or a (3, H, W) tensor; '
+                         f'got {type(image).__name__} of shape {tuple(getattr(image, "shape", ()))}')
+    return image.float() / 255 if image.dtype == torch.uint8 else image.float()
+
+@torch.no_grad()
+def predict(model:nn.Module, # a U-Net returning logits (B, 1, H, W)
+            image,           # PIL image, path, (H, W, 3) uint8 array, or (3, H, W) tensor (uint8, or float in [0, 1])
+            size:int=128,    # the side the model was trained at
+            device=None):    # run on this device (moving the model there); None: where the model is
+    "Probability of pet for each pixel of one image of any size: an (H, W) tensor in [0, 1] at the image's size."
+    img = _image_tensor(image)                                          # (3, H, W)
+    if device is not None: model.to(device)
+    dev = next(model.parameters()).device
+    x = F.interpolate(img[None], size=(size, size), mode='bilinear', antialias=True)  # (1, 3, size, size) in [0, 1]
+    x = normalize((x * 255).round().clamp(0, 255).to(torch.uint8))   # as in training: the data lesson's normalisation
+    training = model.training; model.eval()
+    logits = model(x.to(dev)).float().cpu()                            # (1, 1, size, size)
+    model.train(training)
+    return F.interpolate(logits, size=img.shape[-2:], mode='bilinear')[0, 0].sigmoid()  # (H, W)
+
+# %% ../nbs/07_inference.ipynb #3c77f513
+def show_prediction(image,                 # as for `predict`
+                    prob,                  # `predict(model, image)`: (H, W) probabilities
+                    threshold:float=0.5,   # a pixel is pet above this probability
+                    mask=None,             # the true mask (H, W) or (1, H, W) at the image's size: 1 pet, 0 background
+                    ax=None,               # matplotlib axes to draw on; None: a new figure
+                    title:str|None=None):  # the axes' title
+    "The image with p(pet) in red, the predicted mask's outline in yellow and the true one in green; returns the axes."
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    img, prob = _image_tensor(image).permute(1, 2, 0).clamp(0, 1).numpy(), torch.as_tensor(prob).float().numpy()
+    if ax is None: _, ax = plt.subplots(figsize=(4, 4))
+    overlay = np.zeros((*prob.shape, 4)); overlay[..., 0] = 1; overlay[..., 3] = 0.5 * prob
+    ax.imshow(img); ax.imshow(overlay)
+    handles = [Line2D([], [], color='red', lw=6, alpha=.5, label='p(pet)')]
+    if prob.min() < threshold < prob.max():
+        ax.contour(prob, levels=[threshold], colors='yellow', linewidths=1.2)
+        handles.append(Line2D([], [], color='yellow', label=f'predicted (p > {threshold})'))
+    if mask is not None:
+        m = torch.as_tensor(np.asarray(mask)).squeeze().float().numpy()
+        if m.shape != prob.shape: raise ValueError(f'mask: shape {m.shape} is not the image\'s {prob.shape}')
+        ax.contour(np.where(m == 1, 1., 0.), levels=[0.5], colors='lime', linewidths=1.2)
+        handles.append(Line2D([], [], color='lime', label='true outline'))
+    ax.legend(handles=handles, loc='lower left', fontsize=7, framealpha=.8)
+    ax.set_title(title or 'prediction'); ax.axis('off')
+    return ax
 
 # %% ../nbs/07_inference.ipynb #7370ed5f
 def overlay(im: Image.Image, # the photo, RGB

@@ -19,7 +19,7 @@ from fastcore.imports import in_notebook
 
 from .data import denormalize
 from .losses import per_image_iou
-from .trainer import load_checkpoint
+from .inference import load_model
 
 # %% ../nbs/05a_report.ipynb #f4b2f289
 SEED_RESULTS = {1: dict(val_accuracy=0.9345, val_loss=0.2472), 2: dict(val_accuracy=0.9332, val_loss=0.1224),
@@ -39,7 +39,7 @@ class Comparison:
     def run_dir(self, r): return Path(self.out)/r['name']/f"seed{r['seed']}"
     def history(self, r): return json.loads((self.run_dir(r)/'history.json').read_text())
     def image_ious(self, r): return json.loads((self.run_dir(r)/'per_image_iou.json').read_text())
-    def model(self, name): return load_checkpoint(self.run_dir(self.runs(name)[0])/'best.pt')[0]
+    def model(self, name): return load_model(self.run_dir(self.runs(name)[0])/'best.pt', 'cpu')[0]
     def __repr__(self): return f"Comparison({len(self.records)} runs of {', '.join(self.names)} in {self.out})"
 
 # %% ../nbs/05a_report.ipynb #34467435

@@ -4,25 +4,22 @@
 
 # %% ../nbs/04_trainer.ipynb #53c28a15
 from __future__ import annotations
-import json, math, os, random, signal, sys, tempfile, threading, time, warnings
+import json, math, signal, sys, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
 from fastcore.imports import in_notebook
 from fastprogress.fastprogress import master_bar, progress_bar
-from PIL import Image
 
 from .core import atomic_save, get_device, get_rng_state, read_checkpoint, set_rng_state, set_seed
-from .data import IMAGENET_MEAN, IMAGENET_STD
 from .losses import SegMetrics
-from .model import UNet
 from .config import RunConfig
 
 # %% auto #0
 __all__ = ['EVENTS', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'sched_factor', 'Callback', 'ProgressCB', 'Trainer',
-           'plot_history', 'load_checkpoint', 'predict', 'show_prediction']
+           'plot_history']
 
 # %% ../nbs/04_trainer.ipynb #98c6cf73
 def _loader_gen(dl):
@@ -361,57 +358,3 @@ def plot_history(history,                 # `Trainer.fit`'s result, or the path 
     a.legend(); b.legend()
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
-
-# %% ../nbs/04_trainer.ipynb #21d2a951
-def load_checkpoint(path,         # a best.pt or last.pt written by `Trainer`
-                    device='cpu'): # where to put the model
-    "Rebuild the model saved in a checkpoint; returns (model in eval mode, the checkpoint dict)."
-    ckpt = read_checkpoint(path)
-    if not ckpt.get('model_config'): raise ValueError(f'{path}: no model_config in this checkpoint; rebuild the model '
-                                                      f'yourself and load ckpt["model"] into it')
-    model = UNet(**ckpt['model_config']); model.load_state_dict(ckpt['model'])
-    return model.to(device).eval(), ckpt
-
-# %% ../nbs/04_trainer.ipynb #834f89d8
-def _image_tensor(image):
-    "A (3, H, W) float tensor in [0, 1] from a PIL image, a path, an (H, W, 3) array or a (3, H, W) tensor."
-    if isinstance(image, (str, Path)): image = Image.open(image)
-    if isinstance(image, Image.Image): image = np.asarray(image.convert('RGB'))
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3:
-        image = torch.tensor(image).permute(2, 0, 1)                    # (3, H, W), a copy
-    if not (isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3):
-        raise ValueError(f'image: expected a PIL image, a path, an (H, W, 3) array or a (3, H, W) tensor; '
-                         f'got {type(image).__name__} of shape {tuple(getattr(image, "shape", ()))}')
-    return image.float() / 255 if image.dtype == torch.uint8 else image.float()
-
-@torch.no_grad()
-def predict(model:nn.Module, # a U-Net returning logits (B, 1, H, W)
-            image,           # PIL image, path, (H, W, 3) uint8 array, or (3, H, W) tensor (uint8, or float in [0, 1])
-            size:int=128,    # the side the model was trained at
-            device=None):    # run on this device (moving the model there); None: where the model is
-    "Probability of pet for each pixel of one image of any size: an (H, W) tensor in [0, 1] at the image's size."
-    img = _image_tensor(image)                                          # (3, H, W)
-    if device is not None: model.to(device)
-    dev = next(model.parameters()).device
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-    x = F.interpolate(img[None], size=(size, size), mode='bilinear', antialias=True)  # (1, 3, size, size)
-    training = model.training; model.eval()
-    logits = model(((x - mean) / std).to(dev)).float().cpu()           # (1, 1, size, size)
-    model.train(training)
-    return F.interpolate(logits, size=img.shape[-2:], mode='bilinear')[0, 0].sigmoid()  # (H, W)
-
-# %% ../nbs/04_trainer.ipynb #8d239f1c
-def show_prediction(image,                 # as for `predict`
-                    prob,                  # `predict(model, image)`: (H, W) probabilities
-                    threshold:float=0.5,   # draw the mask's outline at this probability
-                    ax=None,               # matplotlib axes to draw on; None: a new figure
-                    title:str|None=None):  # the axes' title
-    "Show `image` with the predicted pet probability overlaid in red and the mask's outline; returns the axes."
-    import matplotlib.pyplot as plt
-    img, prob = _image_tensor(image).permute(1, 2, 0).clamp(0, 1).numpy(), torch.as_tensor(prob).float().numpy()
-    if ax is None: _, ax = plt.subplots(figsize=(4, 4))
-    overlay = np.zeros((*prob.shape, 4)); overlay[..., 0] = 1; overlay[..., 3] = 0.5 * prob
-    ax.imshow(img); ax.imshow(overlay)
-    if prob.min() < threshold < prob.max(): ax.contour(prob, levels=[threshold], colors='yellow', linewidths=1)
-    ax.set_title(title or f'p(pet), outline at {threshold}'); ax.axis('off')
-    return ax
