@@ -8,12 +8,13 @@ import dataclasses, hashlib, json
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
+from .data import BORDERS   # what a trimap's border pixels become (lesson 00)
+
 # %% auto #0
-__all__ = ['BORDERS', 'SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'RUN_FIELDS', 'RunConfig', 'preset', 'to_json',
-           'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
+__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'RUN_FIELDS', 'RunConfig', 'preset', 'to_json', 'shared_fields',
+           'data_fingerprint', 'settings_of', 'check_same']
 
 # %% ../nbs/03a_config.ipynb #ff002fcb
-BORDERS = ('background', 'pet', 'ignore')   # what a trimap's border pixels become (lesson 00)
 SCHEDULES = (None, 'cosine', 'onecycle')     # learning-rate schedules of the trainer (lesson 04)
 AMPS = ('auto', 'bf16', 'fp16', 'off')       # mixed-precision choices (lesson 04)
 

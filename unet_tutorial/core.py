@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['default_device', 'get_device', 'set_seed', 'get_rng_state', 'set_rng_state', 'BadInput', 'atomic_save',
-           'read_checkpoint']
+__all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'set_seed', 'get_rng_state', 'set_rng_state', 'BadInput',
+           'atomic_save', 'read_checkpoint']
+
+# %% ../nbs/00_core.ipynb #89b000fc
+IGNORE_INDEX = 255   # mask value of pixels that losses and metrics leave out
 
 # %% ../nbs/00_core.ipynb #ba58f5f4
 def default_device() -> torch.device:

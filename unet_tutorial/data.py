@@ -14,16 +14,15 @@ from torchvision import tv_tensors
 from torchvision.datasets import OxfordIIITPet
 from torchvision.transforms import v2 as T
 
-from .core import default_device, get_device
+from .core import IGNORE_INDEX, default_device, get_device
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split',
-           'breed_of', 'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize',
-           'show_batch', 'validate_pets', 'cache_dir', 'load_cached', 'augment_batch', 'TensorLoader', 'DataLoaders',
-           'get_dls', 'trimap_stats']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split', 'breed_of',
+           'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize', 'show_batch',
+           'validate_pets', 'cache_dir', 'load_cached', 'augment_batch', 'TensorLoader', 'DataLoaders', 'get_dls',
+           'trimap_stats']
 
 # %% ../nbs/00_data.ipynb #ba58f5f4
-IGNORE_INDEX = 255                       # mask value that losses and metrics skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -10,6 +10,7 @@ __all__ = ['LOSS_NAMES', 'DiceLoss', 'pos_weight_from_masks', 'WeightedBCE', 'BC
 import torch
 from torch import nn
 import torch.nn.functional as F
+from .core import IGNORE_INDEX   # 255: the mask value of pixels that count nowhere (lesson 00)
 
 # %% ../nbs/03_losses.ipynb #82bdbb7d
 def _check_shapes(logits, mask):
@@ -20,7 +21,7 @@ def _check_shapes(logits, mask):
         raise ValueError(f"`mask` shape {tuple(mask.shape)} does not match `logits` shape {tuple(logits.shape)}; "
                          "masks are (B, 1, H, W) with 0 = background, 1 = pet, 255 = ignored")
 
-def _prepare(logits, mask, ignore_index=255):
+def _prepare(logits, mask, ignore_index=IGNORE_INDEX):
     "Logits in fp32 (fp64 kept), the 0/1 pet target and the 0/1 valid-pixel weight, all (B, 1, H, W)."
     _check_shapes(logits, mask)
     x = logits if logits.dtype == torch.float64 else logits.float()      # (B, 1, H, W)
@@ -34,7 +35,7 @@ class DiceLoss(nn.Module):
     def __init__(self,
                  smooth:float=1.0, # added to numerator and denominator: an empty mask predicted empty scores loss 0
                  per_image:bool=True, # one Dice per image, then the mean (True); or one Dice over the batch (False)
-                 ignore_index:int=255): # mask value that counts nowhere (None: every pixel counts)
+                 ignore_index:int=IGNORE_INDEX): # mask value that counts nowhere (None: every pixel counts)
         super().__init__()
         if not smooth > 0: raise ValueError(f"`smooth` must be > 0 so that empty masks give a defined loss, got {smooth}")
         self.smooth, self.per_image, self.ignore_index = smooth, per_image, ignore_index
@@ -50,7 +51,7 @@ class DiceLoss(nn.Module):
 
 # %% ../nbs/03_losses.ipynb #07a8dee2
 def pos_weight_from_masks(masks, # uint8 masks of any shape: 0 = background, 1 = pet, `ignore_index` = ignored
-                          ignore_index:int=255, # mask value left out of both counts
+                          ignore_index:int=IGNORE_INDEX, # mask value left out of both counts
                          ) -> float:
     "Background pixels / pet pixels in `masks`: the `pos_weight` that balances BCE."
     m = torch.as_tensor(masks)
@@ -67,7 +68,7 @@ class WeightedBCE(nn.Module):
     "Binary cross-entropy from logits, pet pixels weighted by `pos_weight`, mean over non-ignored pixels, in fp32."
     def __init__(self,
                  pos_weight:float=None, # weight of pet pixels, e.g. `pos_weight_from_masks(train_masks)`; None: 1
-                 ignore_index:int=255): # mask value that counts nowhere (None: every pixel counts)
+                 ignore_index:int=IGNORE_INDEX): # mask value that counts nowhere (None: every pixel counts)
         super().__init__()
         pos_weight = 1.0 if pos_weight is None else float(pos_weight)
         if not pos_weight > 0: raise ValueError(f"`pos_weight` must be > 0, got {pos_weight}")
@@ -87,7 +88,7 @@ class BCEDiceLoss(nn.Module):
     def __init__(self,
                  pos_weight:float=None, # weight of pet pixels in the BCE term
                  bce_weight:float=0.5, # share of the BCE term, in [0, 1]
-                 ignore_index:int=255): # mask value that counts nowhere (None: every pixel counts)
+                 ignore_index:int=IGNORE_INDEX): # mask value that counts nowhere (None: every pixel counts)
         super().__init__()
         if not 0 <= bce_weight <= 1: raise ValueError(f"`bce_weight` must be in [0, 1], got {bce_weight}")
         self.bce_weight = bce_weight
@@ -102,7 +103,7 @@ LOSS_NAMES = ('bce', 'dice', 'bce_dice')
 
 def get_loss(name:str, # one of `LOSS_NAMES`: 'bce', 'dice' or 'bce_dice'
              pos_weight:float=None, # weight of pet pixels for the BCE losses (unused by 'dice')
-             ignore_index:int=255, # mask value that counts nowhere
+             ignore_index:int=IGNORE_INDEX, # mask value that counts nowhere
             ) -> nn.Module:
     "The loss called `name`, a module taking (logits, mask) and returning a scalar."
     key = str(name).lower()
@@ -115,7 +116,7 @@ def get_loss(name:str, # one of `LOSS_NAMES`: 'bce', 'dice' or 'bce_dice'
 def confusion_counts(logits, # (B, 1, H, W) logits
                      mask, # (B, 1, H, W) uint8 mask: 0 = background, 1 = pet, `ignore_index` = ignored
                      threshold:float=0.5, # a pixel is predicted pet when sigmoid(logit) > threshold
-                     ignore_index:int=255): # mask value left out of every count
+                     ignore_index:int=IGNORE_INDEX): # mask value left out of every count
     "Per-image pixel counts (TP, FP, FN, TN): a tuple of four (B,) int64 tensors on the logits' device."
     _check_shapes(logits, mask)
     pred = torch.sigmoid(logits.detach().float()) > threshold           # (B, 1, H, W) bool
@@ -128,7 +129,7 @@ def confusion_counts(logits, # (B, 1, H, W) logits
 def per_image_iou(logits, # (B, 1, H, W) logits
                   mask, # (B, 1, H, W) uint8 mask: 0 = background, 1 = pet, `ignore_index` = ignored
                   threshold:float=0.5, # a pixel is predicted pet when sigmoid(logit) > threshold
-                  ignore_index:int=255): # mask value left out of every count
+                  ignore_index:int=IGNORE_INDEX): # mask value left out of every count
     "Foreground IoU of every image, (B,) float; 1 when the mask and the prediction are both empty."
     tp, fp, fn, _ = confusion_counts(logits, mask, threshold, ignore_index)  # (B,) each
     union = tp + fp + fn                                                    # (B,)
@@ -143,7 +144,7 @@ class SegMetrics:
     "Pixel accuracy, foreground IoU, Dice and mean per-image IoU over a whole split, from confusion counts."
     def __init__(self,
                  threshold:float=0.5, # a pixel is predicted pet when sigmoid(logit) > threshold
-                 ignore_index:int=255): # mask value left out of every metric
+                 ignore_index:int=IGNORE_INDEX): # mask value left out of every metric
         self.threshold, self.ignore_index = threshold, ignore_index
         self.reset()
 
