@@ -9,7 +9,11 @@ import torch
 from unet_tutorial.config import RunConfig
 from unet_tutorial.data import get_dls
 from unet_tutorial.experiments import evaluate
+from unet_tutorial.cli import unet_predict
+from unet_tutorial.data import trimap_to_mask
 from unet_tutorial.inference import load_model, reference_checkpoint, reference_model
+import numpy as np
+from PIL import Image
 
 ROOT = Path(os.environ.get('UNET_TUTORIAL_DATA') or Path(__file__).resolve().parents[1].parent/'shared/data/pets128')
 HAVE_DATA = (ROOT/'oxford-iiit-pet'/'annotations'/'test.txt').exists()
@@ -40,3 +44,21 @@ def test_reference_scores_its_record_on_the_test_split():
     assert len(ious) == dls.test.n == 3669
     assert abs(metrics['iou'] - rec['test']['iou']) <= 0.01, (metrics, rec['test'])
     assert abs(metrics['pixel_accuracy'] - rec['test']['pixel_accuracy']) <= 0.01, (metrics, rec['test'])
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason=f'real Oxford-IIIT Pet not found at {ROOT}')
+def test_unet_predict_without_checkpoint_uses_the_reference(tmp_path, capsys):
+    "`unet-predict photo.jpg --out preds`: no checkpoint needed; the mask has the photo's size and covers the pet."
+    base = ROOT/'oxford-iiit-pet'
+    name = (base/'annotations'/'test.txt').read_text().split()[0]
+    photo = tmp_path/'my_pet.jpg'
+    Image.open(base/'images'/f'{name}.jpg').convert('RGB').resize((333, 257), Image.BICUBIC).save(photo)
+    truth = trimap_to_mask(np.array(Image.open(base/'annotations'/'trimaps'/f'{name}.png').resize((333, 257),
+                                                                                               Image.NEAREST)))
+    assert unet_predict([str(photo), '--out', str(tmp_path/'preds')]) == 0
+    assert 'reference U-Net' in capsys.readouterr().out
+    mask = np.asarray(Image.open(tmp_path/'preds'/'my_pet_mask.png')) > 0
+    assert mask.shape == (257, 333)
+    pet = np.asarray(truth) == 1
+    iou = (mask & pet).sum() / (mask | pet).sum()
+    assert iou > 0.6, f'the reference model covers the pet poorly on {name}: IoU {iou:.2f}'

@@ -122,13 +122,13 @@ def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1
 
 # %% ../nbs/08_cli.ipynb #41891af6
 def segment(images:Param("photos to segment (any size; JPEG, PNG, ...)", str, nargs='+'), # photos to segment
-            checkpoint:Param("checkpoint written by training, e.g. runs/compare/<experiment>/seed0/best.pt", str,
-                             required=True)=None, # checkpoint written by training
+            checkpoint:Param("checkpoint written by training, e.g. runs/compare/<experiment>/seed0/best.pt "
+                             "(default: the course's reference model)", str)=None, # checkpoint written by training
             out:str='predictions', # folder for <name>_mask.png and <name>_overlay.png
             threshold:float=0.5, # probability above which a pixel is pet
             size:int=None, # side the model was trained at (default: the checkpoint's, else 128)
             device:str=None): # cpu, cuda, cuda:N or mps (default: the best available)
-    "Segment the pets in IMAGES with the U-Net in CHECKPOINT; write a mask and an overlay per image to OUT."
+    "Segment the pets in IMAGES with the U-Net in CHECKPOINT (or the reference model); write a mask and an overlay per image to OUT."
     return predict_files(images, checkpoint, out, threshold, size, device)
 
 def unet_predict(argv:list=None): # command-line arguments (default: `sys.argv[1:]`)

@@ -180,8 +180,8 @@ def _out_stem(path: Path, used: set) -> str:
 
 # %% ../nbs/07_inference.ipynb #6c04eac6
 def predict_files(images, # image files to segment
-                  checkpoint, # a checkpoint written by training (best.pt)
-                  out, # folder for `<stem>_mask.png` and `<stem>_overlay.png`
+                  checkpoint=None, # a checkpoint written by training (best.pt); None: the reference model
+                  out='predictions', # folder for `<stem>_mask.png` and `<stem>_overlay.png`
                   threshold: float=0.5, # probability above which a pixel is pet
                   size: int=None, # the side the model was trained at (default: the checkpoint's `size`, else 128)
                   device=None, # cpu, cuda, mps or None for the best available
@@ -189,7 +189,9 @@ def predict_files(images, # image files to segment
                  ) -> tuple:
     "Segment `images` with the model in `checkpoint`; returns ({image: (mask, overlay)}, {image: error})."
     if not 0 < threshold < 1: raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    model, ckpt = load_model(checkpoint, get_device(device))
+    model, ckpt = load_model(checkpoint or reference_checkpoint(), get_device(device))
+    if verbose and checkpoint is None:
+        print(f"model: the course's reference U-Net (test IoU {ckpt['record']['test']['iou']:.3f}); pass a checkpoint of your own to use it")
     size = size or ckpt.get('size') or 128  # a checkpoint written before the first epoch has size None
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if verbose: print(f"writing to {out}:")
