@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.utils import make_grid
 
 from .blocks import DoubleConv, Down, OutConv, Up
 from .data import denormalize
@@ -109,16 +110,10 @@ def first_conv(model: nn.Module) -> nn.Conv2d: # a network
 def filter_grid(w: torch.Tensor, # weights (C_out, 3, k, k)
                 gap: int=1, # pixels between filters
                ) -> np.ndarray:
-    "The filters as one RGB image (rows × cols of k×k patches), each scaled to [0, 1]."
-    n, _, k, _ = w.shape
-    lo, hi = w.amin((1, 2, 3), keepdim=True), w.amax((1, 2, 3), keepdim=True)
-    w = ((w - lo) / (hi - lo).clamp_min(1e-8)).permute(0, 2, 3, 1).detach().cpu().numpy()  # (C_out, k, k, 3)
-    cols = math.ceil(math.sqrt(n)); rows = math.ceil(n / cols)
-    grid = np.ones((rows * (k + gap) - gap, cols * (k + gap) - gap, 3), np.float32)
-    for i, f in enumerate(w):
-        r, c = divmod(i, cols)
-        grid[r * (k + gap):r * (k + gap) + k, c * (k + gap):c * (k + gap) + k] = f
-    return grid
+    "The filters as one RGB image (rows × cols of k×k patches), each scaled to [0, 1] (torchvision's `make_grid`)."
+    cols = math.ceil(math.sqrt(len(w)))
+    g = make_grid(w.detach().float().cpu(), nrow=cols, padding=gap, normalize=True, scale_each=True, pad_value=1)
+    return g.permute(1, 2, 0).numpy()                                   # (H, W, 3) in [0, 1]
 
 # %% ../nbs/06_explore.ipynb #2f7409dc
 def show_filters(model, # a network whose first layer is an RGB convolution, or weights (C_out, 3, k, k)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image, ImageOps
+from torchvision.utils import draw_segmentation_masks
 
 from .core import BadInput, get_device, read_checkpoint
 from .data import normalize
@@ -165,10 +166,10 @@ def overlay(im: Image.Image, # the photo, RGB
             color=(255, 0, 110), # tint of the pet pixels
             alpha: float=0.5, # strength of the tint
            ) -> Image.Image:
-    "`im` with the pixels where `mask` is true tinted `color`."
-    a = np.asarray(im.convert('RGB'), dtype=np.float32)  # (H, W, 3)
-    tinted = (1 - alpha) * a + alpha * np.array(color, np.float32)
-    return Image.fromarray(np.where(mask[..., None], tinted, a).round().astype(np.uint8))
+    "`im` with the pixels where `mask` is true tinted `color` (torchvision's `draw_segmentation_masks`)."
+    img = torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1)          # (3, H, W) uint8
+    out = draw_segmentation_masks(img, torch.from_numpy(np.asarray(mask, bool)), alpha=alpha, colors=tuple(color))
+    return Image.fromarray(out.permute(1, 2, 0).numpy())
 
 # %% ../nbs/07_inference.ipynb #75f685c2
 def _out_stem(path: Path, used: set) -> str:
