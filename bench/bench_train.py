@@ -34,7 +34,8 @@ from unet_tutorial.losses import get_loss, pos_weight_from_masks
 from unet_tutorial.model import build_model
 from unet_tutorial.config import RunConfig
 from unet_tutorial.core import set_seed
-from unet_tutorial.trainer import Trainer, cpu_kind
+from unet_tutorial.core import cpu_kind
+from unet_tutorial.trainer import Trainer
 
 
 def baseline_epoch(model, dl, opt, scaler, loss_fn, device):

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'set_seed', 'get_rng_state', 'set_rng_state', 'BadInput',
-           'atomic_save', 'read_checkpoint']
+__all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'cpu_bf16_native', 'cpu_kind', 'set_seed', 'get_rng_state',
+           'set_rng_state', 'BadInput', 'atomic_save', 'read_checkpoint']
 
 # %% ../nbs/00_core.ipynb #89b000fc
 IGNORE_INDEX = 255   # mask value of pixels that losses and metrics leave out
@@ -33,6 +33,17 @@ def get_device(name:str|None=None # 'cpu', 'cuda', 'cuda:1', 'mps', a `torch.dev
     here = dict(cpu=True, cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available())
     if not here.get(dev.type, False): raise ValueError(f"device {name!r} is not available on this machine: use cpu")
     return dev
+
+# %% ../nbs/00_core.ipynb #705fa124
+def cpu_bf16_native() -> bool:
+    "Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast beats fp32."
+    if not torch.backends.mkldnn.is_available(): return False
+    checks = [getattr(torch.cpu, n, None) for n in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    return any(f() for f in checks if f is not None)
+
+def cpu_kind() -> str:
+    "The CPU's vector instructions as PyTorch sees them, and whether bf16 is native: recorded with every run."
+    return f"{torch.backends.cpu.get_cpu_capability()}, {'native' if cpu_bf16_native() else 'no native'} bf16"
 
 # %% ../nbs/00_core.ipynb #8a1a6a57
 def set_seed(seed:int|None,           # seed for Python's, NumPy's and PyTorch's generators (every device); None: leave them

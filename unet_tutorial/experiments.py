@@ -13,12 +13,12 @@ from statistics import mean
 
 import torch
 
-from .core import BadInput, atomic_save, get_device
+from .core import BadInput, atomic_save, cpu_kind, get_device
 from .data import TensorLoader, check_pets_root, get_dls
 from .data import read_split, split_trainval, validate_pets
 from .model import build_model, count_params, get_experiment
 from .losses import SegMetrics, get_loss, per_image_iou, pos_weight_from_masks
-from .trainer import Trainer, cpu_kind
+from .trainer import Trainer
 from .inference import load_model
 from .config import GPU, RunConfig, check_same, data_fingerprint, settings_of
 from .report import Comparison, write_results

@@ -13,13 +13,13 @@ from fastcore.basics import patch, store_attr
 from fastcore.imports import in_notebook
 from fastprogress.fastprogress import master_bar, progress_bar
 
-from .core import atomic_save, get_device, get_rng_state, read_checkpoint, set_rng_state, set_seed
+from .core import (atomic_save, cpu_bf16_native, cpu_kind, get_device, get_rng_state, read_checkpoint,
+                                set_rng_state, set_seed)
 from .losses import SegMetrics
 from .config import RunConfig
 
 # %% auto #0
-__all__ = ['EVENTS', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'sched_factor', 'Callback', 'ProgressCB', 'Trainer',
-           'plot_history']
+__all__ = ['EVENTS', 'amp_policy', 'sched_factor', 'Callback', 'ProgressCB', 'Trainer', 'plot_history']
 
 # %% ../nbs/04_trainer.ipynb #98c6cf73
 def _loader_gen(dl):
@@ -30,17 +30,6 @@ def _loader_gen(dl):
 def _seed_loader(dl, seed):
     "Reseed the loader's own generator, if it has one, so that `seed` fixes the order and the augmentations."
     if (g := _loader_gen(dl)) is not None: g.manual_seed(seed)
-
-# %% ../nbs/04_trainer.ipynb #f341822f
-def cpu_bf16_native() -> bool:
-    "Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast beats fp32."
-    if not torch.backends.mkldnn.is_available(): return False
-    checks = [getattr(torch.cpu, n, None) for n in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
-    return any(f() for f in checks if f is not None)
-
-def cpu_kind() -> str:
-    "The CPU's vector instructions as PyTorch sees them, and whether bf16 is native: recorded with every run."
-    return f"{torch.backends.cpu.get_cpu_capability()}, {'native' if cpu_bf16_native() else 'no native'} bf16"
 
 # %% ../nbs/04_trainer.ipynb #5c0c58d6
 def amp_policy(device,       # the device the model runs on ('cuda', 'mps', 'cpu' or a `torch.device`)
