@@ -256,10 +256,13 @@ class TensorLoader:
         self.gen = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**31))
     @property
     def n(self): return len(self.images)
-    def __len__(self): return math.ceil(self.n/self.batch_size)
+    def _stop(self):
+        "Where batches end: a shuffled (training) loader drops a last batch of one image, which BatchNorm cannot train on."
+        return self.n - 1 if self.shuffle and self.n > 1 and self.n % self.batch_size == 1 else self.n
+    def __len__(self): return math.ceil(self._stop()/self.batch_size)
     def __iter__(self):
         idx = torch.randperm(self.n, generator=self.gen).to(self.images.device) if self.shuffle else None
-        for i in range(0, self.n, self.batch_size):
+        for i in range(0, self._stop(), self.batch_size):
             b = idx[i:i + self.batch_size] if self.shuffle else slice(i, i + self.batch_size)   # a slice: no gather
             x, y = normalize(self.images[b]), self.masks[b].clone()        # (B, 3, S, S), (B, 1, S, S): copies
             if self.augment: x, y = augment_batch(x, y, generator=self.gen)
