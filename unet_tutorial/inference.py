@@ -72,6 +72,9 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
         raise CheckpointError(f"checkpoint {path}: bad model_config {cfg}: {e}") from None
     if diff := _mismatch(ckpt['model'], model.state_dict()):
         raise CheckpointError(f"checkpoint {path}: weights do not fit UNet(**{cfg}): {diff}")
+    if bad := [k for k, v in ckpt['model'].items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise CheckpointError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}): "
+                              "the training that wrote it diverged; use an earlier checkpoint or retrain with a lower lr")
     model.load_state_dict(ckpt['model'])
     return model.to(get_device(device)).eval(), ckpt
 

@@ -314,8 +314,19 @@ def one_epoch(self:Trainer):
 
 # %% ../nbs/04_trainer.ipynb #64c50d18
 @patch
+def check_finite(self:Trainer, row): # the epoch's history row
+    "Raise `FloatingPointError` if the validation loss, a weight or a BatchNorm statistic is NaN or infinite."
+    bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if math.isfinite(row['valid_loss']) and not bad: return
+    what = f"{len(bad)} weight tensor(s) (e.g. {bad[0]})" if bad else f"the validation loss ({row['valid_loss']})"
+    kept = f' {self.out_dir/"last.pt"} still holds epoch {self.epoch - 1}.' if self.out_dir else ''
+    raise FloatingPointError(f'Epoch {self.epoch} left {what} NaN or infinite: nothing was saved.{kept} '
+                             'Try a lower lr, or clip=1.0.')
+
+@patch
 def _checkpoint(self:Trainer, row):
-    "Save best.pt when the monitored metric improved, then last.pt and history.json."
+    "Save best.pt when the monitored metric improved, then last.pt and history.json; never a non-finite model."
+    self.check_finite(row)
     key = 'valid_loss' if self.monitor == 'loss' else self.monitor
     score = row[key]
     if self.best is None or (score < self.best if 'loss' in key else score > self.best):
