@@ -20,7 +20,7 @@ from .model import build_model, count_params, get_experiment
 from .losses import SegMetrics, get_loss, per_image_iou, pos_weight_from_masks
 from .trainer import Trainer
 from .inference import load_model
-from .config import GPU, RunConfig, check_same, data_fingerprint, settings_of
+from .config import CPU, GPU, RunConfig, check_same, data_fingerprint, settings_of
 from .report import Comparison, write_results
 
 # %% ../nbs/05_experiments.ipynb #8a1188fa

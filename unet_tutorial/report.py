@@ -40,7 +40,9 @@ class Comparison:
     def run_dir(self, r): return Path(self.out)/r['name']/f"seed{r['seed']}"
     def history(self, r): return json.loads((self.run_dir(r)/'history.json').read_text())
     def image_ious(self, r): return json.loads((self.run_dir(r)/'per_image_iou.json').read_text())
-    def model(self, name): return load_model(self.run_dir(self.runs(name)[0])/'best.pt', 'cpu')[0]
+    def model(self, name): # the best checkpoint of its first seed that has one; None where none is on disk
+        f = next((p for r in self.runs(name) if (p := self.run_dir(r)/'best.pt').is_file()), None)
+        return None if f is None else load_model(f, 'cpu')[0]   # results committed without checkpoints have none
     def __repr__(self): return f"Comparison({len(self.records)} runs of {', '.join(self.names)} in {self.out})"
 
 # %% ../nbs/05a_report.ipynb #34467435
@@ -167,10 +169,11 @@ def _first_test(dls, n):
 
 @torch.no_grad()
 def predictions(cmp, n:int=16): # number of test images
-    "The first `n` test images, their masks and each experiment's logits (best checkpoint of its first seed)."
+    "The first `n` test images, their masks and the logits of each experiment that has a checkpoint on disk."
     if n not in cmp._preds:
         x, y = _first_test(cmp.dls, n)
-        cmp._preds[n] = x, y, {k: cmp.model(k).to(x.device).eval()(x).float() for k in cmp.names}
+        models = {k: m for k in cmp.names if (m := cmp.model(k)) is not None}
+        cmp._preds[n] = x, y, {k: m.to(x.device).eval()(x).float() for k, m in models.items()}
     return cmp._preds[n]
 
 def _show_image(x): return denormalize(x[None])[0].permute(1, 2, 0).cpu()  # (3, H, W) -> (H, W, 3) in [0, 1]
@@ -212,10 +215,11 @@ def plot_iou_dist(cmp): # a `Comparison`
 
 # %% ../nbs/05a_report.ipynb #cc000f29
 def save_figures(cmp, folder, prefix:str='', dpi:int=90):
-    "Save the three comparison figures as small PNGs in `folder`; return their paths."
+    "Save the comparison's figures as small PNGs in `folder` (predictions only where checkpoints are on disk)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); paths = []
-    for name, fig in (('curves', plot_curves(cmp)), ('predictions', show_predictions(cmp)),
-                      ('iou', plot_iou_dist(cmp))):
+    figs = [('curves', plot_curves), ('predictions', show_predictions), ('iou', plot_iou_dist)]
+    if not predictions(cmp)[2]: figs.pop(1)      # committed results without their checkpoints: no predictions
+    for name, fig in ((k, f(cmp)) for k, f in figs):
         paths.append(folder/f'{prefix}{name}.png'); fig.savefig(paths[-1], dpi=dpi); plt.close(fig)
     return paths
 
@@ -249,6 +253,8 @@ def _has_frontend():
 def explore_predictions(cmp, n:int=32): # a `Comparison`; step through its first `n` test images
     "Image and threshold sliders over the four predictions (in Jupyter); always a static figure of the hardest images."
     n = min(n, cmp.dls.test.n)
+    if not predictions(cmp, n)[2]:
+        print(f'No checkpoint of these runs is on disk under {cmp.out}: nothing to predict with'); return None
     if _has_frontend():
         import ipywidgets as W
         def _show(image, threshold): show_predictions(cmp, (image,), threshold, n); plt.show()
