@@ -101,8 +101,8 @@ def check_same(old:dict, # a folder's saved settings (`settings_of`), or the fla
                new:dict  # the settings of the runs about to start
               ) -> list[str]:
     "Every difference between two settings that forbids mixing their runs, as readable strings ([] when none)."
-    if 'config' not in old:   # before 0.2: these six at the top level, every other field at its default, no data hash
-        flat = {k: old[k] for k in ('size', 'width', 'depth', 'batch_size', 'limit', 'lr') if k in old}
+    if 'config' not in old:   # before 0.2: these at the top level, every other field at its default, no data hash
+        flat = {k: old[k] for k in ('size', 'width', 'depth', 'batch_size', 'limit', 'lr', 'epochs') if k in old}
         old = dict(config={**shared_fields(RunConfig()), **flat})
     defaults = shared_fields(RunConfig())       # a field added later takes its default in older folders
     free = {'epochs'} if new['config'].get('schedule') is None else set()   # a constant-lr run may be extended

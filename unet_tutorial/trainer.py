@@ -192,7 +192,7 @@ def check_losses(self:Trainer, losses, upto:int): # the epoch's per-step losses;
     if len(bad) == 0: return
     i = int(bad[0]); kept = f' {self.out_dir/"last.pt"} still holds epoch {self.epoch}.' if self.out_dir else ''
     raise FloatingPointError(f'Loss is {losses[i].item()} at epoch {self.epoch + 1}, step {i + 1} of {len(losses)}: '
-                             f'training stopped.{kept} Try a lower lr, clip=1.0, or amp=False.')
+                             f'training stopped.{kept} Try a lower lr, clip=1.0, or amp="off".')
 
 # %% ../nbs/04_trainer.ipynb #d30264c9
 @patch
@@ -261,10 +261,10 @@ def resume(self:Trainer, path=None): # a checkpoint file; default `out_dir/last.
 
 # %% ../nbs/04_trainer.ipynb #90e0e30b
 @patch
-def request_stop(self:Trainer, signum=signal.SIGINT, frame=None): # a signal handler's arguments
-    "Ask `fit` to stop after the current batch (the SIGINT/SIGTERM handler); a second request stops at once."
+def request_stop(self:Trainer, signum=None, frame=None): # a signal handler's arguments; None: a callback asks
+    "Ask `fit` to stop after the current batch (the SIGINT/SIGTERM handler, or a callback); a second request stops at once."
     if self.stop_requested: raise KeyboardInterrupt
-    self.stop_requested = signal.Signals(signum).name
+    self.stop_requested = 'callback' if signum is None else signal.Signals(signum).name
 
 @patch
 @contextmanager
@@ -338,9 +338,9 @@ def _checkpoint(self:Trainer, row):
 def _report_stop(self:Trainer):
     "Record why `fit` stopped early and say how to continue."
     self.stopped = self.stop_requested or 'KeyboardInterrupt'
-    kept = f' {self.out_dir/"last.pt"} holds epoch {self.epoch};' if self.out_dir is not None else ''
-    print(f'{self.stopped}: training stopped with {self.epoch} of {self.epochs} epochs done.{kept} '
-          f'fit({self.epochs}, resume=True) continues the run.')
+    how = (f' {self.out_dir/"last.pt"} holds epoch {self.epoch}; fit({self.epochs}, resume=True) continues the run.'
+           if self.out_dir is not None else '')
+    print(f'Stopped ({self.stopped}) with {self.epoch} of {self.epochs} epochs done.{how}')
 
 # %% ../nbs/04_trainer.ipynb #ab17a127
 def plot_history(history,                 # `Trainer.fit`'s result, or the path of a history.json
