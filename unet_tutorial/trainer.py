@@ -10,16 +10,15 @@ from pathlib import Path
 
 import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
-from fastcore.imports import in_notebook
-from fastprogress.fastprogress import master_bar, progress_bar
 
 from .core import (atomic_save, cpu_bf16_native, cpu_kind, get_device, get_rng_state, read_checkpoint,
                                 set_rng_state, set_seed)
 from .losses import SegMetrics
 from .config import RunConfig
+from .callbacks import EVENTS, Callback, ProgressCB
 
 # %% auto #0
-__all__ = ['EVENTS', 'amp_policy', 'sched_factor', 'Callback', 'ProgressCB', 'Trainer', 'plot_history']
+__all__ = ['amp_policy', 'sched_factor', 'Trainer', 'plot_history']
 
 # %% ../nbs/04_trainer.ipynb #98c6cf73
 def _loader_gen(dl):
@@ -62,46 +61,6 @@ def sched_factor(kind:str|None, # None (constant), 'cosine' or 'onecycle'
     if kind == 'onecycle':
         return _cos(1/div, 1., pct/warmup) if pct < warmup else _cos(1., 1/(div*final_div), (pct-warmup)/(1-warmup))
     raise ValueError(f"schedule={kind!r}: use None, 'cosine' or 'onecycle'")
-
-# %% ../nbs/04_trainer.ipynb #d1501e03
-EVENTS = ('before_fit', 'before_epoch', 'after_batch', 'after_epoch', 'after_fit')
-
-class Callback:
-    "Base class of the trainer's callbacks: override any of the methods named in `EVENTS`; each gets the trainer."
-    order = 0   # callbacks run in increasing order
-    def before_fit(self, trainer): pass
-    def before_epoch(self, trainer): pass
-    def after_batch(self, trainer): pass
-    def after_epoch(self, trainer): pass
-    def after_fit(self, trainer): pass
-
-# %% ../nbs/04_trainer.ipynb #18f07b76
-_COLS = ('epoch', 'train_loss', 'valid_loss', 'iou', 'dice', 'lr', 'seconds', 'images_per_s')
-
-def _live():
-    "True where a progress bar can redraw itself: in Jupyter, or in a terminal (not in a log file)."
-    return in_notebook() or sys.stdout.isatty()
-
-class ProgressCB(Callback):
-    "A live progress bar and table of epochs in Jupyter or a terminal; plain table rows where output goes to a file."
-    order = 10
-    def before_fit(self, t):
-        self.start, self.mb = t.epoch, master_bar(range(t.epoch, t.epochs)) if _live() else None
-        if self.mb is not None: self.mb.update(0)
-        self._write(list(_COLS))
-    def before_epoch(self, t):
-        if self.mb is None: return
-        self.pb = progress_bar(range(len(t.dls.train)), parent=self.mb); self.pb.update(0)
-    def after_batch(self, t):
-        if self.mb is None: return
-        if t.recent_loss is not None: self.pb.comment = f'loss {t.recent_loss:.4f}'
-        self.pb.update(t.batch + 1)
-    def after_epoch(self, t):
-        self._write([f'{t.history[-1][c]:.4g}' for c in _COLS])
-        if self.mb is not None: self.mb.update(t.epoch - self.start)
-    def _write(self, cells):
-        if self.mb is not None: self.mb.write(cells, table=True)
-        else: print(' '.join(f'{c:>12}' for c in cells), flush=True)
 
 # %% ../nbs/04_trainer.ipynb #5552b214
 _MONITORS = ('iou', 'dice', 'mean_image_iou', 'pixel_accuracy', 'loss', 'valid_loss')
