@@ -21,6 +21,7 @@ def _check_args(**kw):
         v = kw[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f'UNet: {name}={v!r} must be a positive int')
+    if not isinstance(kw.get('skips', True), bool): raise ValueError(f"UNet: skips={kw['skips']!r} must be True or False")
 
 # %% ../nbs/02_unet.ipynb #22c70811
 class UNet(nn.Module):
@@ -32,12 +33,13 @@ class UNet(nn.Module):
                  down:str='maxpool',       # 'maxpool' or 'strided'
                  up:str='transpose',       # 'transpose' or 'upsample'
                  up_mode:str='nearest',    # interpolation when up='upsample': 'nearest' or 'bilinear'
+                 skips:bool=True,          # False: the decoder gets zeros instead of the encoder's maps (an ablation)
                 ):
         super().__init__()
         _check_args(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth,
-                    down=down, up=up, up_mode=up_mode)
+                    down=down, up=up, up_mode=up_mode, skips=skips)
         self.config = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth,
-                           down=down, up=up, up_mode=up_mode)
+                           down=down, up=up, up_mode=up_mode, skips=skips)
         chs = [width * 2**i for i in range(depth + 1)]  # e.g. [64, 128, 256, 512, 1024]
         self.inc = DoubleConv(in_channels, width)
         self.downs = nn.ModuleList(Down(c, 2*c, down) for c in chs[:-1])
@@ -51,7 +53,8 @@ class UNet(nn.Module):
             skips.append(x)             # keep this level's map for the decoder
             x = down(x)                 # (B, 2C, H/2, W/2)
         for up in self.ups:
-            x = up(x, skips.pop())      # (B, C/2, 2H, 2W), sized like the skip
+            skip = skips.pop()          # last kept, first used
+            x = up(x, skip if self.config['skips'] else torch.zeros_like(skip))  # (B, C/2, 2H, 2W), like the skip
         return self.outc(x)             # (B, out_channels, H, W) logits
 
 # %% ../nbs/02_unet.ipynb #bb9e7fa6
@@ -64,12 +67,13 @@ def count_params(model:nn.Module, # any module
 @dataclass(frozen=True)
 class ExperimentConfig:
     "One experiment of the comparison: how the U-Net halves and doubles, and which loss trains it"
-    key: int    # 1, 2, 3, 4
+    key: int    # 1 to 5
     name: str   # e.g. 'maxpool_transpose_bce'
     label: str  # for plots and tables, e.g. 'Exp 1: MaxPool + Transpose + BCE'
     down: str   # 'maxpool' or 'strided'
     up: str     # 'transpose' or 'upsample'
     loss: str   # 'bce' (weighted BCE), 'dice' or 'bce_dice'
+    skips: bool = True  # False: the U-Net without its skip connections (the ablation of experiment 5)
 
     def __post_init__(self):
         for name, valid in [('down', DOWN_MODES), ('up', UP_MODES), ('loss', LOSS_NAMES)]:
@@ -81,10 +85,12 @@ EXPERIMENTS = {c.key: c for c in [
     ExperimentConfig(1, 'maxpool_transpose_bce', 'Exp 1: MaxPool + Transpose + BCE', 'maxpool', 'transpose', 'bce'),
     ExperimentConfig(2, 'maxpool_transpose_dice', 'Exp 2: MaxPool + Transpose + Dice', 'maxpool', 'transpose', 'dice'),
     ExperimentConfig(3, 'strided_transpose_bce', 'Exp 3: Strided + Transpose + BCE', 'strided', 'transpose', 'bce'),
-    ExperimentConfig(4, 'strided_upsample_dice', 'Exp 4: Strided + Upsample + Dice', 'strided', 'upsample', 'dice')]}
+    ExperimentConfig(4, 'strided_upsample_dice', 'Exp 4: Strided + Upsample + Dice', 'strided', 'upsample', 'dice'),
+    ExperimentConfig(5, 'maxpool_transpose_bce_noskip', 'Exp 5: Exp 1 without skips', 'maxpool', 'transpose', 'bce',
+                     skips=False)]}
 
 # %% ../nbs/02_unet.ipynb #1cd85f81
-def get_experiment(key, # 1..4, '1'..'4', a name such as 'maxpool_transpose_bce', or an ExperimentConfig
+def get_experiment(key, # 1..5, '1'..'5', a name such as 'maxpool_transpose_bce', or an ExperimentConfig
                   ) -> ExperimentConfig:
     "The `ExperimentConfig` for `key`; a ValueError lists the valid ones"
     if isinstance(key, ExperimentConfig): return key
@@ -104,7 +110,7 @@ def build_model(cfg,                # an ExperimentConfig, or a key for `get_exp
                ) -> UNet:
     "The `UNet` of an experiment"
     cfg = get_experiment(cfg)
-    return UNet(in_channels, out_channels, width=width, depth=depth, down=cfg.down, up=cfg.up)
+    return UNet(in_channels, out_channels, width=width, depth=depth, down=cfg.down, up=cfg.up, skips=cfg.skips)
 
 # %% ../nbs/02_unet.ipynb #936408c1
 def shape_trace(model:nn.Module, # a `UNet` (or any module whose children are the stages)
