@@ -94,7 +94,7 @@ def _cannot_write(path, e):
     return CannotWrite(f"{path}: cannot write it ({why}). Check that its folder is a writable folder with free space, "
                        "or choose another output folder.")
 
-def atomic_save(obj,  # a checkpoint dict (`torch.save`), a str (written as UTF-8 text), or JSON-able data when `path` ends in .json
+def atomic_save(obj,  # a checkpoint dict (`torch.save`), a str (UTF-8 text) or bytes, or JSON-able data when `path` ends in .json
                 path): # the file to (over)write
     "Save `obj` to `path` through a temporary file and `os.replace`, so `path` is never half-written; a write error is a `CannotWrite` naming `path`."
     path = Path(path)
@@ -104,7 +104,7 @@ def atomic_save(obj,  # a checkpoint dict (`torch.save`), a str (written as UTF-
     except OSError as e: raise _cannot_write(path, e) from None
     try:
         with os.fdopen(fd, 'wb') as f:
-            if isinstance(obj, str): f.write(obj.encode())
+            if isinstance(obj, (str, bytes)): f.write(obj.encode() if isinstance(obj, str) else obj)
             elif path.suffix == '.json': f.write(json.dumps(json_safe(obj), indent=1, allow_nan=False).encode())
             else: torch.save(obj, f)
             f.flush(); os.fsync(f.fileno())
