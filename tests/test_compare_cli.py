@@ -158,3 +158,82 @@ def test_nan_loss_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     assert cli.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
     err = capsys.readouterr().err
     assert 'epoch 1, step 3' in err and 'lower lr' in err and 'Traceback' not in err
+
+
+# --- issue 15: output-folder problems, another dataset, non-finite checkpoints, a damaged last.pt -------------------
+
+def _pets(root, n_trainval=16):
+    "A tiny synthetic dataset in the official layout at `root`."
+    from unet_tutorial.synthetic import make_synthetic_pets
+    return make_synthetic_pets(root, n_trainval=n_trainval, n_test=8, size=32)
+
+
+def _no_traceback(r, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout[-2000:], r.stderr)
+    assert 'Traceback' not in r.stderr and r.stderr.startswith('unet-compare: error:'), r.stderr
+
+
+@pytest.mark.parametrize('case', ['out is a file', 'out under a file', 'out read-only', 'run folder is a file'])
+def test_output_folder_problems(tmp_path, case):
+    "An output folder that cannot be written: status 2 and a message naming it, before the data loads (item 9)."
+    if case == 'out read-only' and os.geteuid() == 0: pytest.skip('root writes into read-only folders')
+    pets, out = _pets(tmp_path/'pets'), tmp_path/'out'
+    if case == 'out is a file': out.write_text('x'); want = f'{out}: cannot write into this output folder'
+    elif case == 'out under a file':
+        (tmp_path/'f').write_text('x'); out = tmp_path/'f'/'out'; want = f'{out}: cannot write into this output folder'
+    elif case == 'out read-only': out.mkdir(); out.chmod(0o555); want = f'{out}: cannot write into this output folder'
+    else:   # the folder is fine, a run's folder is not: the write error later names the file
+        out.mkdir(); (out/'maxpool_transpose_bce').write_text('x')
+        want = f"{out/'maxpool_transpose_bce'/'seed0'/'last.pt'}: cannot write it"
+    try: r = compare(tmp_path, '--data', pets, '--out', out, '--experiments', '1', '--epochs', '1', *TINY)
+    finally:
+        if case == 'out read-only': out.chmod(0o755)
+    _no_traceback(r)
+    assert want in r.stderr, r.stderr
+    cached = [p for p in (tmp_path/'cache').rglob('*') if p.is_file()] if (tmp_path/'cache').exists() else []
+    if case != 'run folder is a file': assert cached == [], f'the data was loaded before the folder was checked: {cached}'
+
+
+def test_same_out_other_data(tmp_path):
+    "The same --out with another --data: status 2 naming 'another dataset', the first runs untouched (item 1)."
+    a, b, out = _pets(tmp_path/'a'), _pets(tmp_path/'b', n_trainval=24), tmp_path/'out'
+    args = ['--out', out, '--experiments', '1', '--epochs', '1', *TINY]
+    r = compare(tmp_path, '--data', a, *args)
+    assert r.returncode == 0, r.stderr
+    last = out/'maxpool_transpose_bce'/'seed0'/'last.pt'
+    mtime = last.stat().st_mtime_ns
+    r = compare(tmp_path, '--data', b, *args)
+    _no_traceback(r)
+    assert 'another dataset' in r.stderr and str(out) in r.stderr, r.stderr
+    assert last.stat().st_mtime_ns == mtime
+
+
+def test_diverging_lr_leaves_no_nonfinite_checkpoint(tmp_path):
+    "--lr 1e6 diverges at once: status 1, the trainer's message, and no checkpoint on disk holds a NaN (item 2)."
+    import torch
+    out = tmp_path/'out'
+    r = compare(tmp_path, '--data', _pets(tmp_path/'pets'), '--out', out, '--experiments', '1', '--epochs', '3',
+                '--lr', '1e6', *TINY)
+    _no_traceback(r, code=1)
+    assert 'NaN or infinite' in r.stderr and 'lower lr' in r.stderr, r.stderr
+    run = out/'maxpool_transpose_bce'/'seed0'
+    ckpts = [run/f for f in ('best.pt', 'last.pt') if (run/f).exists()]
+    assert run/'last.pt' in ckpts   # the epoch-0 checkpoint the trainer writes before its first step
+    for f in ckpts:
+        model = torch.load(f, map_location='cpu', weights_only=True)['model']
+        bad = [k for k, v in model.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert bad == [], (f, bad)
+    assert not (run/'metrics.json').exists() and not (out/'results.json').exists()
+
+
+def test_truncated_last_pt(tmp_path):
+    "A truncated last.pt in an unfinished run: status 2 and a message naming the file, no traceback (item 4)."
+    pets, out = _pets(tmp_path/'pets'), tmp_path/'out'
+    args = ['--data', pets, '--out', out, '--experiments', '1', *TINY]
+    r = compare(tmp_path, *args, '--epochs', '1')
+    assert r.returncode == 0, r.stderr
+    run = out/'maxpool_transpose_bce'/'seed0'; last = run/'last.pt'
+    last.write_bytes(last.read_bytes()[:2000]); (run/'metrics.json').unlink()   # an unfinished run, cut off mid-write
+    r = compare(tmp_path, *args, '--epochs', '1')   # unfinished: it resumes from last.pt
+    _no_traceback(r)
+    assert f'{last}: cannot read this checkpoint' in r.stderr and 'delete it and rerun' in r.stderr, r.stderr

@@ -9,8 +9,10 @@ notebook runner `execnb`, 3. copies the lessons `nbs/NN_*.ipynb` into an empty t
 `#| slow` or `#| cuda` skipped, as `nbdev_test` does), then the --full lessons (default 01, 02, 03, 07) with IN_TEST
 unset, the settings a learner gets (only `#| cuda` cells skipped, and only without a GPU).
 `UNET_TUTORIAL_DATA` points at `../shared/data/pets128` beside the checkout when it exists; elsewhere the lessons use
-their synthetic fallbacks. Prints a PASS/FAIL line per run and the counts; a failure names the lesson and the cell
-(its first lines and the error). Exit status 1 if any run fails.
+their synthetic fallbacks. 5. checks what a user of the package gets: the wheel holds the reference model, and the
+venv's `unet-predict --help` and `unet-compare --quick` work (`--cli-only`: only steps 1, 2 and 5).
+Prints a PASS/FAIL line per run and the counts; a failure names the lesson and the cell (its first lines and the
+error). Exit status 1 if any run fails.
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -54,6 +56,23 @@ print(f'ran {sum(c["cell_type"] == "code" for c in cells) - len(skipped)} code c
 def sh(*cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
 
+REFERENCE = 'unet_tutorial/weights/pets_reference.pt'
+
+def package_checks(wheel, venv, work, env):
+    "The checks of what a user of the wheel gets: [(label, ok, output)] for the reference model and the console scripts."
+    import zipfile
+    names = zipfile.ZipFile(wheel).namelist()
+    res = [(f'wheel holds {REFERENCE}', REFERENCE in names, '' if REFERENCE in names else
+            f'{Path(wheel).name} lacks {REFERENCE}: check package_data in settings.ini and MANIFEST.in')]
+    bin_, out = Path(venv)/'bin', Path(work)/'quick'
+    for label, cmd in (('unet-predict --help', [bin_/'unet-predict', '--help']),
+                       ('unet-compare --quick', [bin_/'unet-compare', '--quick', '--out', out])):
+        try: r = subprocess.run([str(c) for c in cmd], env=env, cwd=work, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e: res.append((label, False, f'{type(e).__name__}: {e}')); continue
+        ok = r.returncode == 0 and (label != 'unet-compare --quick' or (out/'results.json').is_file())
+        res.append((label, ok, '' if ok else f'exit status {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}'))
+    return res
+
 def main():
     root = Path(__file__).resolve().parent.parent
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -61,6 +80,7 @@ def main():
     p.add_argument('--venv', help='virtual environment folder outside the checkout (default: a new temporary one)')
     p.add_argument('--full', default='01,02,03,07', help='lessons also run with IN_TEST unset')
     p.add_argument('--only', default='', help='run only these lessons (default: all)')
+    p.add_argument('--cli-only', action='store_true', help='no lessons: only the wheel and console-script checks')
     a = p.parse_args()
     t0, work = time.time(), Path(tempfile.mkdtemp(prefix='unet_learner_'))
     print(f'learner path: work folder {work}')
@@ -88,6 +108,7 @@ def main():
     lessons_dir = work/'lessons'; lessons_dir.mkdir()
     only = set(filter(None, a.only.split(',')))
     lessons = [nb for nb in sorted((root/'nbs').glob('[0-9][0-9]_*.ipynb')) if not only or nb.name[:2] in only]
+    if a.cli_only: lessons = []
     for nb in lessons: shutil.copy(nb, lessons_dir/nb.name)
     (work/'runner.py').write_text(RUNNER)
     data = (root.parent/'shared'/'data'/'pets128').resolve()
@@ -110,6 +131,10 @@ def main():
         (passed if ok else failed).append(label)
         print(f"{'PASS' if ok else 'FAIL'}  {label:48s} {time.time() - t:6.1f}s", flush=True)
         if not ok: print(r.stdout[-8000:], r.stderr[-4000:], sep='\n', flush=True)
+    for label, ok, why in package_checks(wheel, venv, work, env):   # after the lessons: what `pip install` gives
+        (passed if ok else failed).append(label)
+        print(f"{'PASS' if ok else 'FAIL'}  {label}", flush=True)
+        if not ok: print(why, flush=True)
     print(f'learner path: {len(passed)} passed, {len(failed)} failed in {time.time() - t0:.0f}s')
     for f in failed: print(f'  FAILED {f}')
     shutil.rmtree(work, ignore_errors=True)

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #d5f74eb5
 from __future__ import annotations
-import json, os, pickle, random, tempfile, zipfile
+import json, math, os, pickle, random, re, tempfile, zipfile
 from pathlib import Path
 
 import numpy as np, torch
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'cpu_bf16_native', 'cpu_kind', 'set_seed', 'get_rng_state',
-           'set_rng_state', 'BadInput', 'atomic_save', 'read_checkpoint']
+           'set_rng_state', 'BadInput', 'CannotWrite', 'json_safe', 'atomic_save', 'clean_tmp', 'check_writable',
+           'read_checkpoint']
 
 # %% ../nbs/00_core.ipynb #89b000fc
 IGNORE_INDEX = 255   # mask value of pixels that losses and metrics leave out
@@ -73,20 +74,73 @@ def set_rng_state(state:dict): # from `get_rng_state`
 # %% ../nbs/00_core.ipynb #043eecc4
 class BadInput(ValueError): "A problem with the user's input (data, options), reported as a plain message."
 
+class CannotWrite(BadInput, OSError): "A file or folder the program must write cannot be written (read-only, not a folder, disk full)."
+
 # %% ../nbs/00_core.ipynb #b04ecc89
-def atomic_save(obj,  # a checkpoint dict (`torch.save`), or JSON-able data when `path` ends in .json
+def json_safe(obj): # JSON-able data: dicts, lists, tuples, numbers, strings, None
+    "`obj` with every NaN or infinite float (at any depth) replaced by None, so that it is valid JSON."
+    if isinstance(obj, float): return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict): return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [json_safe(v) for v in obj]
+    return obj
+
+def _umask() -> int:
+    "The process's umask (read by setting it and putting it back)."
+    m = os.umask(0o022); os.umask(m); return m
+
+def _cannot_write(path, e):
+    "A `CannotWrite` naming `path`, saying why (from the `OSError` `e`) and what to do."
+    why = e.strerror or str(e) if isinstance(e, OSError) else str(e)
+    return CannotWrite(f"{path}: cannot write it ({why}). Check that its folder is a writable folder with free space, "
+                       "or choose another output folder.")
+
+def atomic_save(obj,  # a checkpoint dict (`torch.save`), a str (UTF-8 text) or bytes, or JSON-able data when `path` ends in .json
                 path): # the file to (over)write
-    "Save `obj` to `path` through a temporary file and `os.replace`, so `path` is never half-written."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    "Save `obj` to `path` through a temporary file and `os.replace`, so `path` is never half-written; a write error is a `CannotWrite` naming `path`."
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    except OSError as e: raise _cannot_write(path, e) from None
     try:
         with os.fdopen(fd, 'wb') as f:
-            if path.suffix == '.json': f.write(json.dumps(obj, indent=1).encode())
+            if isinstance(obj, (str, bytes)): f.write(obj.encode() if isinstance(obj, str) else obj)
+            elif path.suffix == '.json': f.write(json.dumps(json_safe(obj), indent=1, allow_nan=False).encode())
             else: torch.save(obj, f)
             f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # what open() would give; mkstemp makes it 0o600
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, CannotWrite): raise _cannot_write(path, e) from None
+        if isinstance(e, RuntimeError) and 'write failed' in str(e): raise _cannot_write(path, e) from None  # torch's writer
+        raise
+
+_TMP = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # `atomic_save`'s temporary files: .NAME.XXXXXXXX.tmp (mkstemp)
+
+def clean_tmp(folder # a folder `atomic_save` writes into, e.g. a run's folder
+             ) -> list:
+    "Delete the temporary files an interrupted `atomic_save` (say, killed with -9) left in `folder`; returns their paths."
+    folder = Path(folder)
+    if not folder.is_dir(): return []
+    gone = [p for p in folder.iterdir() if _TMP.match(p.name) and p.is_file() and not p.is_symlink()]
+    for p in gone: p.unlink(missing_ok=True)
+    return gone
+
+def check_writable(folder, # the folder files will be written into; created (with its parents) when missing
+                   what:str='output folder'): # what to call it in the message, e.g. '--out'
+    "Create `folder` and write and delete a probe file in it, or raise `CannotWrite` naming it and saying why."
+    folder = Path(folder)
+    try:
+        if folder.exists() and not folder.is_dir(): raise NotADirectoryError(0, 'it is a file, not a folder')
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix='.probe.', suffix='.tmp')
+        try: os.write(fd, b'\0' * 4096); os.fsync(fd)
+        finally: os.close(fd); os.unlink(probe)
+    except OSError as e:
+        why = 'a part of its path is a file, not a folder' if e.errno == 20 and folder.exists() is False else (e.strerror or str(e))
+        raise CannotWrite(f"{folder}: cannot write into this {what} ({why}). Choose a writable folder.") from None
+    return folder
 
 # %% ../nbs/00_core.ipynb #ded8d241
 _RESTART = "If it is a run's last.pt or best.pt, delete it and rerun the same command to restart that run."

@@ -13,7 +13,7 @@ from statistics import mean
 
 import torch
 
-from .core import BadInput, atomic_save, cpu_kind, get_device
+from .core import BadInput, atomic_save, check_writable, cpu_kind, get_device
 from .data import TensorLoader, check_pets_root, get_dls
 from .data import read_split, split_trainval, validate_pets
 from .model import build_model, count_params, get_experiment
@@ -126,6 +126,7 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
     seeds = list(dict.fromkeys(seeds))
     try: root, device = check_pets_root(root), get_device(cfg.device)
     except (FileNotFoundError, ValueError) as e: raise BadInput(str(e)) from None
+    check_writable(out)   # a read-only folder, a file, a full disk: said at once, not after the data has loaded
     settings = settings_of(cfg, data_fingerprint(_splits(root)), Path(root).name)
     _check_settings(out, settings)                     # before the data loads: a refusal comes at once
     dls = _load_data(root, cfg, device)

@@ -8,7 +8,7 @@ __all__ = ['SEED_RESULTS', 'SEED_CAVEAT', 'METRICS', 'PAIRS', 'Comparison', 'sum
            'save_figures', 'describe', 'write_results', 'explore_predictions']
 
 # %% ../nbs/05a_report.ipynb #8cf8d0f8
-import json, os
+import io, json, os
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
 from fastcore.imports import in_notebook
 
+from .core import atomic_save
 from .data import denormalize
 from .losses import per_image_iou
 from .inference import load_model
@@ -220,7 +221,8 @@ def save_figures(cmp, folder, prefix:str='', dpi:int=90):
     figs = [('curves', plot_curves), ('predictions', show_predictions), ('iou', plot_iou_dist)]
     if not predictions(cmp)[2]: figs.pop(1)      # committed results without their checkpoints: no predictions
     for name, fig in ((k, f(cmp)) for k, f in figs):
-        paths.append(folder/f'{prefix}{name}.png'); fig.savefig(paths[-1], dpi=dpi); plt.close(fig)
+        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); plt.close(fig)
+        paths.append(folder/f'{prefix}{name}.png'); atomic_save(buf.getvalue(), paths[-1])   # never half a PNG
     return paths
 
 def describe(cmp): # a `Comparison`
@@ -237,12 +239,12 @@ def describe(cmp): # a `Comparison`
             f"{'/'.join(prec)} on {', '.join(hw)}; metrics on the official test split.")
 
 def write_results(cmp): # a `Comparison`
-    "Write results.json, results.md and the figures into the comparison's output folder."
+    "Write results.json (strict JSON: NaN and infinities as null), results.md and the figures into the comparison's output folder, each atomically."
     rows = summarize(cmp.records)
-    (cmp.out/'results.json').write_text(json.dumps(dict(settings=cmp.settings, runs=cmp.records, summary=rows), indent=1))
+    atomic_save(dict(settings=cmp.settings, runs=cmp.records, summary=rows), cmp.out/'results.json')
     md = ['# U-Net comparison', describe(cmp), results_table(rows), '## The seed\'s numbers', seed_table(rows),
           '## Analysis', analysis(rows, mean_image_ious(cmp))]
-    (cmp.out/'results.md').write_text('\n\n'.join(md) + '\n')
+    atomic_save('\n\n'.join(md) + '\n', cmp.out/'results.md')
     save_figures(cmp, cmp.out)
 
 # %% ../nbs/05a_report.ipynb #92b2564a

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
 
-from .core import (atomic_save, cpu_bf16_native, cpu_kind, get_device, get_rng_state, read_checkpoint,
+from .core import (BadInput, atomic_save, clean_tmp, cpu_bf16_native, cpu_kind, get_device, get_rng_state, read_checkpoint,
                                 set_rng_state, set_seed)
 from .losses import SegMetrics
 from .config import RunConfig
@@ -193,11 +193,36 @@ def state_dict(self:Trainer) -> dict:
                 monitor=self.monitor, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                 rng=get_rng_state(), data_rng=g.get_state() if (g := _loader_gen(self.dls.train)) else None)
 
+_CKPT_KEYS = ('model', 'optimizer', 'scaler', 'rng', 'epoch', 'step', 'history', 'best')
+
+def _not_a_run(where, ckpt):
+    "Why `ckpt` (from `where`) is not a checkpoint `Trainer.save` wrote, or None when it is one."
+    if not isinstance(ckpt, dict): return f"{where}: holds a {type(ckpt).__name__}, not a checkpoint dict"
+    missing = [k for k in _CKPT_KEYS if k not in ckpt]
+    if not missing: return None
+    bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+    what = ("a bare model state_dict (weights only): load it with `model.load_state_dict`" if bare else
+            f"a dict with keys {', '.join(map(repr, list(ckpt)[:6]))}{', ...' if len(ckpt) > 6 else ''}")
+    return f"{where}: not a training checkpoint: it lacks {', '.join(missing)}; it is {what}"
+
 @patch
-def load_state_dict(self:Trainer, ckpt:dict): # from `Trainer.state_dict` (e.g. `torch.load('last.pt')`)
-    "Restore a checkpoint into this trainer: model, optimizer, scaler, step, epoch, history, best and RNG."
-    self.model.load_state_dict(ckpt['model']); self.opt.load_state_dict(ckpt['optimizer'])
-    if ckpt['scaler'] and self.scaler.is_enabled(): self.scaler.load_state_dict(ckpt['scaler'])  # fp16 runs only
+def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `read_checkpoint('last.pt')`)
+                    path=None): # the file `ckpt` came from, named in error messages
+    "Restore a checkpoint into this trainer: model, optimizer, scaler, step, epoch, history, best and RNG; a `BadInput` naming the file when it cannot."
+    where = path if path is not None else 'the checkpoint'
+    if why := _not_a_run(where, ckpt):
+        raise BadInput(f"{why}. A Trainer resumes only from the last.pt or best.pt that `Trainer.save` wrote.")
+    if (old := ckpt.get('monitor', self.monitor)) != self.monitor:   # checkpoints before 0.2 did not record it
+        raise BadInput(f"{where}: this run picks best.pt by monitor={old!r}, not {self.monitor!r}: resuming would "
+                       f"compare {self.monitor} with its best {old} ({ckpt['best']}). Resume with monitor={old!r}, "
+                       "or start a new run in another out_dir.")
+    try:
+        self.model.load_state_dict(ckpt['model']); self.opt.load_state_dict(ckpt['optimizer'])
+        if ckpt['scaler'] and self.scaler.is_enabled(): self.scaler.load_state_dict(ckpt['scaler'])  # fp16 runs only
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"{where}: its weights do not fit this model or optimizer ({first}); resume with the model "
+                       "that wrote it, or start a new run in another out_dir.") from None
     set_rng_state(ckpt['rng'])
     g = _loader_gen(self.dls.train)
     if g is not None and ckpt.get('data_rng') is not None: g.set_state(ckpt['data_rng'])
@@ -212,10 +237,11 @@ def save(self:Trainer, name:str): # 'last' or 'best': the file `out_dir/{name}.p
 
 @patch
 def resume(self:Trainer, path=None): # a checkpoint file; default `out_dir/last.pt`
-    "Continue from a checkpoint written by `save` (read with `read_checkpoint`); returns the trainer."
+    "Continue from a checkpoint written by `save` (read with `read_checkpoint`); returns the trainer. Bad files are a `BadInput` naming them."
     if path is None and self.out_dir is None:
         raise ValueError('resume: pass `path`, or create the Trainer with `out_dir`')
-    self.load_state_dict(read_checkpoint(path if path is not None else self.out_dir/'last.pt'))
+    path = path if path is not None else self.out_dir/'last.pt'
+    self.load_state_dict(read_checkpoint(path), path)
     return self
 
 # %% ../nbs/04_trainer.ipynb #90e0e30b
@@ -243,6 +269,7 @@ def fit(self:Trainer, epochs:int|None=None, # train until this many epochs are d
     "Train until `epochs` epochs are done; returns the history (one dict per epoch). Stops cleanly on SIGINT/SIGTERM."
     epochs = self.cfg.epochs if epochs is None else epochs
     if len(self.dls.train) == 0: raise ValueError('fit: `dls.train` yields no batch')
+    if self.out_dir is not None: clean_tmp(self.out_dir)  # temporary files of a save killed half-way (kill -9)
     if self.out_dir is not None and (self.out_dir/'last.pt').exists():
         if resume: self.resume()
         elif not self.wrote: raise FileExistsError(f'fit: {self.out_dir} already holds a run (last.pt); pass '
