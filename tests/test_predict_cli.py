@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 
 from unet_tutorial.cli import unet_predict
-from unet_tutorial.inference import load_model, predict_files
-from unet_tutorial.trainer import predict
+from unet_tutorial.inference import load_model, predict, predict_files
 from unet_tutorial.model import UNet
 
 SIZES = {'odd.jpg': (333, 257), 'grey.png': (200, 150), 'rgba.png': (97, 61), 'palette.png': (64, 65),
@@ -78,7 +77,7 @@ def test_checkpoint_of_another_configuration(work, tmp_path):
     assert not (tmp_path/'out').exists()  # nothing done
 
 
-@pytest.mark.parametrize('ckpt,says', [('missing.pt', 'not found'), ('corrupt.pt', 'not a readable'),
+@pytest.mark.parametrize('ckpt,says', [('missing.pt', 'no such file'), ('corrupt.pt', 'cannot read'),
                                        ('no_config.pt', 'model_config'), ('mismatch.pt', 'of another shape')])
 def test_unusable_checkpoint_exit_code(work, tmp_path, capsys, ckpt, says):
     code = unet_predict([str(work/'photos'/'grey.png'), '--checkpoint', str(work/ckpt), '--out', str(tmp_path)])
