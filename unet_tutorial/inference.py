@@ -36,16 +36,18 @@ def to_rgb(im: Image.Image, # a PIL image in any mode
 # %% ../nbs/07_inference.ipynb #04868947
 MAX_PIXELS = 100_000_000  # photos with more pixels are refused: their mask and overlay would need gigabytes
 
-def _not_a_file(path: Path) -> str|None:
+def _not_a_file(path: Path, # the file to check
+                inside:str='*.jpg', # what to suggest in a folder instead, e.g. best.pt
+               ) -> str|None:
     "Why `path` is not a regular file we can read without blocking (a folder, a FIFO, a device...), or None."
     try: mode = path.stat().st_mode
     except FileNotFoundError: return 'there is no such file'
     except OSError as e: return f'it cannot be accessed ({e.strerror})'
     if stat.S_ISREG(mode): return None
-    if stat.S_ISDIR(mode): return f'it is a folder; pass the photos in it instead, e.g. {path}/*.jpg'
+    if stat.S_ISDIR(mode): return f'it is a folder; pass the file(s) in it instead, e.g. {path/inside}'
     kind = ('a FIFO (named pipe)' if stat.S_ISFIFO(mode) else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else 'a socket' if stat.S_ISSOCK(mode) else 'not a regular file')
-    return f'it is {kind}, not a picture file; save the picture to a file and pass that'
+    return f'it is {kind}, not a regular file; save the data to a file and pass that'
 
 class _TooBig(Exception): "An image with more pixels than allowed (its size as the message)."
 
@@ -90,8 +92,15 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
               ) -> tuple:
     "The `UNet` saved in `checkpoint` in eval mode on `device`, and the checkpoint dict; `CheckpointError` if unusable."
     path = Path(checkpoint)
-    try: ckpt = read_checkpoint(path)         # the toolbox's safe loader (lesson 00_core): weights_only, clear errors
-    except BadInput as e: raise CheckpointError(str(e)) from None
+    if (why := _not_a_file(path, 'best.pt')) and path.exists(): raise CheckpointError(f"checkpoint {path}: {why}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)   # torch's notes on pickle protocols: not the user's business
+            ckpt = read_checkpoint(path)         # the toolbox's safe loader (lesson 00_core): weights_only, clear errors
+    except BadInput as e:   # its advice to delete a run's checkpoint and rerun is for training; here: another file
+        msg = str(e).split(" If it is a run's")[0]
+        raise CheckpointError(f"{msg} Pass a checkpoint written by training (a run's best.pt or last.pt), "
+                              "or none for the reference model") from None
     missing = [k for k in ('model', 'model_config') if ckpt.get(k) is None]
     if missing: raise CheckpointError(f"checkpoint {path} has no {' and no '.join(missing)}: use one the Trainer wrote")
     cfg = ckpt['model_config']
