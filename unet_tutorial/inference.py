@@ -97,10 +97,7 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning)   # torch's notes on pickle protocols: not the user's business
             ckpt = read_checkpoint(path)         # the toolbox's safe loader (lesson 00_core): weights_only, clear errors
-    except BadInput as e:   # its advice to delete a run's checkpoint and rerun is for training; here: another file
-        msg = str(e).split(" If it is a run's")[0]
-        raise CheckpointError(f"{msg} Pass a checkpoint written by training (a run's best.pt or last.pt), "
-                              "or none for the reference model") from None
+    except BadInput as e: raise CheckpointError(str(e)) from None
     missing = [k for k in ('model', 'model_config') if ckpt.get(k) is None]
     if missing: raise CheckpointError(f"checkpoint {path} has no {' and no '.join(missing)}: use one the Trainer wrote")
     cfg = ckpt['model_config']
@@ -317,7 +314,11 @@ def predict_files(images, # image files to segment
     "Segment `images` with the model in `checkpoint`; returns ({image: (mask, overlay)}, {image: error})."
     if not 0 < threshold < 1: raise BadInput(f"threshold must be between 0 and 1, got {threshold}")
     out = Path(out); plan = _plan(images, out, overwrite)
-    model, ckpt = load_model(checkpoint or reference_checkpoint(), get_device(device))
+    try: model, ckpt = load_model(checkpoint or reference_checkpoint(), get_device(device))
+    except CheckpointError as e:   # read_checkpoint's advice (delete a run's checkpoint, rerun) is for training
+        msg = str(e).split(" If it is a run's")[0]
+        raise CheckpointError(f"{msg} Pass a checkpoint written by training "
+                              "(a run's best.pt or last.pt), or none for the reference model") from None
     size = check_size(ckpt.get('size') or 128 if size is None else size, model.config['depth'])  # no size: before epoch 1
     if verbose and checkpoint is None:
         print(f"model: the course's reference U-Net (test IoU {ckpt['record']['test']['iou']:.3f}); pass a checkpoint of your own to use it")
