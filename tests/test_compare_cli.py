@@ -3,7 +3,7 @@
 Each test runs the installed console script (or `unet_compare()` through `python -c` when the installed script is
 not this package's `unet_tutorial.cli` one) in a subprocess, as a user would, with the tensor cache in the test's temporary folder.
 """
-import json, os, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -129,6 +129,8 @@ def test_bad_input(tmp_path, case):
     (['--size', '8'], ['--size', 'at least 16']),
     (['--limit', '0'], ['--limit', 'at least 1']),
     (['--seeds', '0,x'], ['--seeds', '0,1,2']),
+    (['--seeds', '-1'], ['--seeds', '0 or more']),
+    (['--size', '100000'], ['--size', 'at most 2048']),
     (['--data', '.'], ['--quick', '--data']),
     (['--device', 'gpu7'], ['--device', 'cpu']),
     (['--threads', '0'], ['--threads', 'at least 1'])])
@@ -153,11 +155,25 @@ def test_nan_loss_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     "The trainer's NaN guard reaches a CLI user as its message and exit status 1."
     from unet_tutorial import cli, experiments
     def nan_fit(self, epochs=None, resume=False):
-        raise FloatingPointError('Loss is nan at epoch 1, step 3 of 5: training stopped. Try a lower lr')
+        raise FloatingPointError('Loss is nan at epoch 1, step 3 of 5: training stopped. Try a lower lr, clip=1.0, or amp="off".')
     monkeypatch.setattr(experiments.Trainer, 'fit', nan_fit)
     assert cli.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
     err = capsys.readouterr().err
-    assert 'epoch 1, step 3' in err and 'lower lr' in err and 'Traceback' not in err
+    assert 'epoch 1, step 3' in err and 'lower --lr' in err and 'Traceback' not in err
+    options = set(cli._parser(cli.compare, 'unet-compare')._option_string_actions)
+    named = set(re.findall(r'--[a-z][a-z_-]*', err))
+    assert named and named <= options, named - options          # it only suggests options unet-compare has
+    assert 'clip' not in err and 'amp=' not in err
+
+
+def test_help_says_what_data_folder_is_meant(capsys):
+    "--data's help describes the folder, not a Python function."
+    from unet_tutorial import cli
+    with pytest.raises(SystemExit): cli.unet_compare(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    text = text[text.index('options:'):]
+    data_help = text[text.index('--data DATA'):text.index('--download')]
+    assert 'oxford-iiit-pet/' in data_help and 'find_pets' not in data_help and '`' not in data_help, data_help
 
 
 # --- issue 15: output-folder problems, another dataset, non-finite checkpoints, a damaged last.pt -------------------

@@ -21,7 +21,7 @@ from .config import QUICK, preset as get_preset
 from .core import BadInput
 from .experiments import run_comparison
 from .report import results_table, summarize
-from .inference import predict_files
+from .inference import MAX_SIZE, predict_files
 
 # %% ../nbs/08_cli.ipynb #a8f70117
 def _parser(func, # a function whose parameters, with docments or `Param` annotations, are the options
@@ -64,8 +64,8 @@ def _data_root(data, download, quick, out):
     return root
 
 # %% ../nbs/08_cli.ipynb #00974014
-def compare(data:str=None, # Oxford-IIIT Pet root (ROOT/oxford-iiit-pet/...); default: found as `find_pets` does
-            download:bool=False, # download the dataset into ROOT first (needs the network)
+def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ and annotations/); default: $UNET_TUTORIAL_DATA, else shared/data/pets128, data/pets128 or data here or in a folder above
+            download:bool=False, # download the dataset into the --data folder first (needs the network)
             quick:bool=False, # embedded synthetic data and the quick preset: the whole comparison in about a minute
             preset:str=None, # settings to start from: quick, cpu or gpu (default: gpu on a GPU, else cpu)
             experiments:str='1,2,3,4', # experiments to run, keys or names, comma-separated (e.g. 1,3)
@@ -88,6 +88,7 @@ def compare(data:str=None, # Oxford-IIIT Pet root (ROOT/oxford-iiit-pet/...); de
     except ValueError as e: raise BadInput(f"--preset: {e}") from None
     for k, v in (('limit', limit), ('threads', threads)):
         if v is not None and v < 1: raise BadInput(f"--{k} must be at least 1 (got {v})")
+    if size is not None and size > MAX_SIZE: raise BadInput(f"--size must be at most {MAX_SIZE} (got {size})")
     over = {k: v for k, v in dict(epochs=epochs, size=size, width=width, batch_size=batch_size, lr=lr, amp=amp,
                                    limit=limit, device=device).items() if v is not None}   # None: the preset's
     if schedule is not None: over['schedule'] = None if schedule.lower() == 'none' else schedule
@@ -96,6 +97,7 @@ def compare(data:str=None, # Oxford-IIIT Pet root (ROOT/oxford-iiit-pet/...); de
     try: exps = [get_experiment(e.strip()) for e in experiments.split(',') if e.strip()]
     except ValueError as e: raise BadInput(str(e)) from None
     seeds = _ints('seeds', seeds)
+    if any(s < 0 for s in seeds): raise BadInput(f"--seeds must be 0 or more, e.g. 0,1,2 (got {min(seeds)})")
     if not exps or not seeds: raise BadInput("--experiments and --seeds need at least one value each")
     old = torch.get_num_threads()
     if threads or quick: torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
@@ -107,6 +109,11 @@ def compare(data:str=None, # Oxford-IIIT Pet root (ROOT/oxford-iiit-pet/...); de
 # %% ../nbs/08_cli.ipynb #5094326f
 def _interrupt(signum, frame): raise KeyboardInterrupt
 
+def _nan_advice(e: FloatingPointError) -> str:
+    "The trainer's NaN message with its advice in `unet-compare`'s own options (the trainer's `clip` has no option)."
+    return (f"{str(e).split(' Try ')[0]} Try a lower --lr (or --amp off) with another --out folder: the runs of one "
+            "folder share their settings")
+
 def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1:]`)
     "The `unet-compare` command: parse the options of `compare`, run it, return the exit status."
     args = vars(_parser(compare, 'unet-compare').parse_args(argv))
@@ -114,7 +121,7 @@ def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1
     try: compare(**args); return 0
     except BadInput as e: print(f"unet-compare: error: {e}", file=sys.stderr); return 2
     except FloatingPointError as e:  # the trainer's NaN guard: the last good checkpoint is kept
-        print(f"unet-compare: error: {e}", file=sys.stderr); return 1
+        print(f"unet-compare: error: {_nan_advice(e)}", file=sys.stderr); return 1
     except KeyboardInterrupt:
         print("unet-compare: stopped; finished epochs are saved, run the same command again to resume", file=sys.stderr)
         return 130
@@ -122,14 +129,19 @@ def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1
 
 # %% ../nbs/08_cli.ipynb #41891af6
 def segment(images:Param("photos to segment (any size; JPEG, PNG, ...)", str, nargs='+'), # photos to segment
-            checkpoint:Param("checkpoint written by training, e.g. runs/compare/<experiment>/seed0/best.pt "
-                             "(default: the course's reference model)", str)=None, # checkpoint written by training
+            checkpoint:Param("checkpoint written by training: unet-compare writes OUT/<experiment name>/seed<N>/best.pt, "
+                             "e.g. runs/compare/maxpool_transpose_bce/seed0/best.pt (default: the course's reference model)",
+                             str)=None, # checkpoint written by training
             out:str='predictions', # folder for <name>_mask.png and <name>_overlay.png
             threshold:float=0.5, # probability above which a pixel is pet
-            size:int=None, # side the model was trained at (default: the checkpoint's, else 128)
-            device:str=None): # cpu, cuda, cuda:N or mps (default: the best available)
+            size:int=None, # side the model was trained at, a multiple of 2**depth (default: the checkpoint's, else 128)
+            device:str=None, # cpu, cuda, cuda:N or mps (default: the best available)
+            overwrite:bool=False): # replace mask and overlay files that exist already (default: refuse, writing nothing)
     "Segment the pets in IMAGES with the U-Net in CHECKPOINT (or the reference model); write a mask and an overlay per image to OUT."
-    return predict_files(images, checkpoint, out, threshold, size, device)
+    try: return predict_files(images, checkpoint, out, threshold, size, device, overwrite=overwrite)
+    except BadInput as e:   # messages about a parameter start with its name: say it as the option
+        if str(e).startswith(('size ', 'threshold ')): raise BadInput(f'--{e}') from None
+        raise
 
 def unet_predict(argv:list=None): # command-line arguments (default: `sys.argv[1:]`)
     "The `unet-predict` command: parse the options of `segment`, run it, return the exit status."
