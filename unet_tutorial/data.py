@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #6e22b13d
 from __future__ import annotations
-import hashlib, math, os, random
+import hashlib, math, os, random, sys
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
@@ -67,8 +67,16 @@ def read_split(root, # a folder holding `oxford-iiit-pet/`
     base = check_pets_root(root)/'oxford-iiit-pet'
     if split == 'all': return sorted(p.stem for p in (base/'images').glob('*.jpg'))
     if split not in ('trainval', 'test'): raise ValueError(f"split must be 'trainval', 'test' or 'all', not {split!r}")
-    lines = (base/'annotations'/f'{split}.txt').read_text().splitlines()
-    return [l.split()[0] for l in lines if l.strip() and not l.startswith('#')]
+    return [l.split()[0] for l in _read_text(base/'annotations'/f'{split}.txt').splitlines() if l.strip() and not l.startswith('#')]
+
+def _read_text(f):
+    "The text of split list `f`, or a ValueError naming it when it is a folder or not text"
+    how = "it must be a text file with one image name per line (restore it from the official annotations.tar.gz)"
+    if f.is_dir(): raise ValueError(f'{f} is a folder, not a split list: {how}')
+    try: text = f.read_bytes().decode('utf-8')
+    except UnicodeDecodeError: text = '\0'
+    if '\0' in text: raise ValueError(f'{f} is not a text file (binary content): {how}')
+    return text
 
 def breed_of(name:str) -> str:
     "The breed of an image name: 'Abyssinian_12' -> 'Abyssinian', 'great_pyrenees_3' -> 'great_pyrenees'"
@@ -209,10 +217,25 @@ def load_cached(root, # a folder holding `oxford-iiit-pet/`
     "(images uint8 (N,3,S,S), trimaps uint8 (N,S,S)) of `names`, decoded once and cached on disk"
     base, keys = check_pets_root(root)/'oxford-iiit-pet', sorted(set(names))   # one cache whatever the order
     fn = _cache_file(base, keys, size, cache)
-    if not fn.exists(): _build_cache(base, keys, size, fn)
-    d, pos = torch.load(fn, mmap=True), {n: i for i, n in enumerate(keys)}     # mmap: read only what is used
+    d = _load_cache(fn, keys, size) if fn.exists() else None
+    if d is None: _build_cache(base, keys, size, fn); d = torch.load(fn, mmap=True, weights_only=True)   # mmap: read only what is used
+    pos = {n: i for i, n in enumerate(keys)}
     idx = torch.tensor([pos[n] for n in names], dtype=torch.long)
     return d['images'][idx], d['trimaps'][idx]
+
+def _load_cache(fn, names, size):
+    "The cache `fn` if it holds `names` at `size`; else None, with a one-line notice naming the file (it is rebuilt)"
+    try:
+        d = torch.load(fn, mmap=True, weights_only=True)                # tensors, lists and strings only: no code runs
+        n, ok = len(names), lambda v, shape: isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and tuple(v.shape) == shape
+        why = ('not a dict of names, images and trimaps' if not isinstance(d, dict) or {'names', 'images', 'trimaps'} - set(d) else
+               'other image names' if list(d['names']) != list(names) else
+               f'images are not uint8 {(n, 3, size, size)}' if not ok(d['images'], (n, 3, size, size)) else
+               f'trimaps are not uint8 {(n, size, size)}' if not ok(d['trimaps'], (n, size, size)) else '')
+    except Exception as e: why = f'{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ""}'
+    if not why: return d
+    print(f'unet_tutorial: the tensor cache {fn} is unusable ({why}); rebuilding it from the image files', file=sys.stderr)
+    return None
 
 def _build_cache(base, names, size, fn):
     imgs, tris, errs = np.empty((len(names), size, size, 3), np.uint8), np.empty((len(names), size, size), np.uint8), []
@@ -224,7 +247,8 @@ def _build_cache(base, names, size, fn):
     fn.parent.mkdir(parents=True, exist_ok=True)
     for old in fn.parent.glob(fn.name.rsplit('_', 1)[0] + '_*.pt'): old.unlink(missing_ok=True)   # stale versions
     tmp = fn.with_suffix(f'.tmp{os.getpid()}')
-    torch.save({'names': list(names), 'images': images, 'trimaps': trimaps}, tmp); os.replace(tmp, fn)   # atomic
+    try: torch.save({'names': list(names), 'images': images, 'trimaps': trimaps}, tmp); os.replace(tmp, fn)   # atomic
+    finally: tmp.unlink(missing_ok=True)                                # a failed write leaves no partial file
 
 # %% ../nbs/00_data.ipynb #10914ff6
 def augment_batch(x, # float images (B,3,H,W)
