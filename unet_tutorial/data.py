@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #6e22b13d
 from __future__ import annotations
-import hashlib, math, os, random, sys
+import hashlib, math, os, pickle, random, sys
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
@@ -232,7 +232,8 @@ def _load_cache(fn, names, size):
                'other image names' if list(d['names']) != list(names) else
                f'images are not uint8 {(n, 3, size, size)}' if not ok(d['images'], (n, 3, size, size)) else
                f'trimaps are not uint8 {(n, size, size)}' if not ok(d['trimaps'], (n, size, size)) else '')
-    except Exception as e: why = f'{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ""}'
+    except pickle.UnpicklingError: why = 'it holds more than tensors, lists and strings: refused by weights_only=True'
+    except Exception as e: why = f"{type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:120]}"
     if not why: return d
     print(f'unet_tutorial: the tensor cache {fn} is unusable ({why}); rebuilding it from the image files', file=sys.stderr)
     return None
