@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_tutorial.data import (IGNORE_INDEX, breed_of, get_dls, load_cached, read_split, split_trainval,
-                                trimap_stats, trimap_to_mask, validate_pets)
+from unet_tutorial.data import (IGNORE_INDEX, MIN_PET, bad_trimaps, breed_of, get_dls, load_cached, read_split,
+                                split_trainval, trimap_stats, trimap_to_mask, validate_pets)
 
 ROOT = Path(os.environ.get('UNET_TUTORIAL_DATA') or Path(__file__).resolve().parents[1].parent/'shared/data/pets128')
 BASE = ROOT/'oxford-iiit-pet'
@@ -85,3 +85,28 @@ def test_get_dls_real(tmp_path):
     assert x.shape == (8, 3, 128, 128) and x.dtype == torch.float32 and y.shape == (8, 1, 128, 128)
     assert abs(x.mean().item()) < 1.5 and set(y.unique().tolist()) <= {0, 1, IGNORE_INDEX}
     assert dls.train_masks.shape == (24, 1, 128, 128)
+
+
+def test_bad_trimaps_rule_on_the_real_data(tmp_path, trimaps):
+    "The 23 failed annotations are exactly the trimaps under MIN_PET, and nothing lies between them and the rest."
+    frac = {n: (t == 1).mean() for n, t in trimaps.items()}           # read with PIL, not with the code under test
+    under = sorted(n for n, f in frac.items() if f < MIN_PET)
+    assert len(under) == 23 and all(frac[n] == 0 for n in under)
+    assert min(f for f in frac.values() if f > 0) > 2*MIN_PET          # the gap the threshold sits in
+    tv, te = read_split(ROOT, 'trainval'), read_split(ROOT, 'test')
+    bad_tv, bad_te = bad_trimaps(ROOT, tv), bad_trimaps(ROOT, te)      # the shared cache: these splits are cached
+    assert (sorted(bad_tv), sorted(bad_te)) == ([n for n in under if n in set(tv)], [n for n in under if n in set(te)])
+    assert (len(bad_tv), len(bad_te)) == (7, 7)
+
+
+def test_get_dls_drops_failed_trimaps_by_default():
+    "Every split loses its failed trimaps (named in `dropped`); drop_bad=False keeps all 3,680 + 3,669."
+    dls = get_dls(ROOT, size=128, batch_size=64, device='cpu', on_device=False)
+    kept = get_dls(ROOT, size=128, batch_size=64, device='cpu', on_device=False, drop_bad=False)
+    assert (kept.train.n + kept.valid.n, kept.test.n) == (3680, 3669) and not any(kept.dropped.values())
+    d = dls.dropped
+    assert sorted(d['train'] + d['valid']) == sorted(bad_trimaps(ROOT, read_split(ROOT, 'trainval')))
+    assert d['test'] == bad_trimaps(ROOT, read_split(ROOT, 'test'))
+    assert (dls.train.n, dls.valid.n, dls.test.n) == (kept.train.n - len(d['train']), kept.valid.n - len(d['valid']), 3669 - 7)
+    assert all((m == 1).flatten(1).any(1).all() for m in (dls.train.masks, dls.valid.masks, dls.test.masks))
+    assert 'dropped' in repr(dls)

@@ -38,7 +38,8 @@ def test_reference_scores_its_record_on_the_test_split():
     cfg = RunConfig.from_dict(rec['config'])
     old = torch.get_num_threads(); torch.set_num_threads(2)
     try:
-        dls = get_dls(ROOT, size=cfg.size, batch_size=64, border=cfg.border, device='cpu')
+        dls = get_dls(ROOT, size=cfg.size, batch_size=64, border=cfg.border, device='cpu',
+                      drop_bad=cfg.drop_bad_trimaps)   # its record predates the field: False, every trimap
         metrics, ious = evaluate_model(model, dls.test)
     finally: torch.set_num_threads(old)
     assert len(ious) == dls.test.n == 3669

@@ -11,8 +11,8 @@ from pathlib import Path
 from .data import BORDERS   # what a trimap's border pixels become (lesson 00)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'RUN_FIELDS', 'RunConfig', 'preset', 'to_json', 'shared_fields',
-           'data_fingerprint', 'settings_of', 'check_same']
+__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'RunConfig', 'preset', 'to_json',
+           'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
 
 # %% ../nbs/03a_config.ipynb #ff002fcb
 SCHEDULES = (None, 'cosine', 'onecycle')     # learning-rate schedules of the trainer (lesson 04)
@@ -36,6 +36,7 @@ class RunConfig:
     limit: int|None = None        # use at most this many training images (None: all)
     seed: int = 0                 # initial weights, batch order and augmentation
     device: str|None = None       # 'cpu', 'cuda', 'mps' ...; None: the best available
+    drop_bad_trimaps: bool = True # leave the failed annotations (lesson 00's `bad_trimaps`) out of training and scoring
 
     def __post_init__(self):
         for k, lo in (('size', 16), ('width', 1), ('depth', 1), ('batch_size', 1), ('epochs', 1)):
@@ -49,6 +50,8 @@ class RunConfig:
         for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
             if getattr(self, k) not in ok: raise ValueError(f'RunConfig: {k}={getattr(self, k)!r} is not one of {ok}')
         if self.limit is not None and self.limit < 1: raise ValueError(f'RunConfig: limit must be at least 1 or None')
+        if not isinstance(self.drop_bad_trimaps, bool):
+            raise ValueError(f'RunConfig: drop_bad_trimaps must be True or False (got {self.drop_bad_trimaps!r})')
         if self.seed < 0: raise ValueError(f'RunConfig: seed must be 0 or more (got {self.seed})')
 
     def replace(self, **kw) -> RunConfig:
@@ -67,12 +70,14 @@ def preset(name:str) -> RunConfig: # 'quick', 'cpu' or 'gpu'
     except KeyError: raise ValueError(f'unknown preset {name!r}: use one of {", ".join(PRESETS)}') from None
 
 # %% ../nbs/03a_config.ipynb #ac66bf12
+ADDED_FIELDS = dict(drop_bad_trimaps=False)   # fields added later -> the value runs made before them used
+
 def _from_dict(cls, d:dict # e.g. `json.loads(path.read_text())`
               ) -> RunConfig:
-    "A `RunConfig` from its `asdict` form; unknown keys are an error, missing ones take their defaults."
+    "A `RunConfig` from its `asdict` form; unknown keys are an error, missing ones their `ADDED_FIELDS` value or default."
     names = {f.name for f in fields(cls)}
     if unknown := sorted(set(d) - names): raise ValueError(f'RunConfig: unknown field(s) {unknown}')
-    return cls(**d)
+    return cls(**{**ADDED_FIELDS, **d})
 RunConfig.from_dict = classmethod(_from_dict)
 
 def to_json(cfg:RunConfig) -> str:
@@ -103,8 +108,8 @@ def check_same(old:dict, # a folder's saved settings (`settings_of`), or the fla
     "Every difference between two settings that forbids mixing their runs, as readable strings ([] when none)."
     if 'config' not in old:   # before 0.2: these at the top level, every other field at its default, no data hash
         flat = {k: old[k] for k in ('size', 'width', 'depth', 'batch_size', 'limit', 'lr', 'epochs') if k in old}
-        old = dict(config={**shared_fields(RunConfig()), **flat})
-    defaults = shared_fields(RunConfig())       # a field added later takes its default in older folders
+        old = dict(config={**shared_fields(RunConfig()), **ADDED_FIELDS, **flat})
+    defaults = {**shared_fields(RunConfig()), **ADDED_FIELDS}   # a field added later: the value older folders used
     free = {'epochs'} if new['config'].get('schedule') is None else set()   # a constant-lr run may be extended
     diff = [f"{k}: {old['config'].get(k, defaults[k])!r} there, {v!r} now" for k, v in new['config'].items()
             if k not in free and old['config'].get(k, defaults[k]) != v]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #6e22b13d
 from __future__ import annotations
-import hashlib, math, os, random
+import hashlib, math, os, pickle, random, sys
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
@@ -17,10 +17,10 @@ from torchvision.transforms import v2 as T
 from .core import IGNORE_INDEX, default_device, get_device
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split', 'breed_of',
-           'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize', 'show_batch',
-           'validate_pets', 'cache_dir', 'load_cached', 'augment_batch', 'TensorLoader', 'DataLoaders', 'get_dls',
-           'trimap_stats']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BORDERS', 'MIN_PET', 'find_pets', 'check_pets_root', 'get_pets', 'read_split',
+           'breed_of', 'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize',
+           'show_batch', 'validate_pets', 'cache_dir', 'load_cached', 'pet_fraction', 'bad_trimaps', 'augment_batch',
+           'TensorLoader', 'DataLoaders', 'get_dls', 'trimap_stats']
 
 # %% ../nbs/00_data.ipynb #ba58f5f4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,8 +67,16 @@ def read_split(root, # a folder holding `oxford-iiit-pet/`
     base = check_pets_root(root)/'oxford-iiit-pet'
     if split == 'all': return sorted(p.stem for p in (base/'images').glob('*.jpg'))
     if split not in ('trainval', 'test'): raise ValueError(f"split must be 'trainval', 'test' or 'all', not {split!r}")
-    lines = (base/'annotations'/f'{split}.txt').read_text().splitlines()
-    return [l.split()[0] for l in lines if l.strip() and not l.startswith('#')]
+    return [l.split()[0] for l in _read_text(base/'annotations'/f'{split}.txt').splitlines() if l.strip() and not l.startswith('#')]
+
+def _read_text(f):
+    "The text of split list `f`, or a ValueError naming it when it is a folder or not text"
+    how = "it must be a text file with one image name per line (restore it from the official annotations.tar.gz)"
+    if f.is_dir(): raise ValueError(f'{f} is a folder, not a split list: {how}')
+    try: text = f.read_bytes().decode('utf-8')
+    except UnicodeDecodeError: text = '\0'
+    if '\0' in text: raise ValueError(f'{f} is not a text file (binary content): {how}')
+    return text
 
 def breed_of(name:str) -> str:
     "The breed of an image name: 'Abyssinian_12' -> 'Abyssinian', 'great_pyrenees_3' -> 'great_pyrenees'"
@@ -209,10 +217,26 @@ def load_cached(root, # a folder holding `oxford-iiit-pet/`
     "(images uint8 (N,3,S,S), trimaps uint8 (N,S,S)) of `names`, decoded once and cached on disk"
     base, keys = check_pets_root(root)/'oxford-iiit-pet', sorted(set(names))   # one cache whatever the order
     fn = _cache_file(base, keys, size, cache)
-    if not fn.exists(): _build_cache(base, keys, size, fn)
-    d, pos = torch.load(fn, mmap=True), {n: i for i, n in enumerate(keys)}     # mmap: read only what is used
+    d = _load_cache(fn, keys, size) if fn.exists() else None
+    if d is None: _build_cache(base, keys, size, fn); d = torch.load(fn, mmap=True, weights_only=True)   # mmap: read only what is used
+    pos = {n: i for i, n in enumerate(keys)}
     idx = torch.tensor([pos[n] for n in names], dtype=torch.long)
     return d['images'][idx], d['trimaps'][idx]
+
+def _load_cache(fn, names, size):
+    "The cache `fn` if it holds `names` at `size`; else None, with a one-line notice naming the file (it is rebuilt)"
+    try:
+        d = torch.load(fn, mmap=True, weights_only=True)                # tensors, lists and strings only: no code runs
+        n, ok = len(names), lambda v, shape: isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and tuple(v.shape) == shape
+        why = ('not a dict of names, images and trimaps' if not isinstance(d, dict) or {'names', 'images', 'trimaps'} - set(d) else
+               'other image names' if list(d['names']) != list(names) else
+               f'images are not uint8 {(n, 3, size, size)}' if not ok(d['images'], (n, 3, size, size)) else
+               f'trimaps are not uint8 {(n, size, size)}' if not ok(d['trimaps'], (n, size, size)) else '')
+    except pickle.UnpicklingError: why = 'it holds more than tensors, lists and strings: refused by weights_only=True'
+    except Exception as e: why = f"{type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:120]}"
+    if not why: return d
+    print(f'unet_tutorial: the tensor cache {fn} is unusable ({why}); rebuilding it from the image files', file=sys.stderr)
+    return None
 
 def _build_cache(base, names, size, fn):
     imgs, tris, errs = np.empty((len(names), size, size, 3), np.uint8), np.empty((len(names), size, size), np.uint8), []
@@ -224,7 +248,29 @@ def _build_cache(base, names, size, fn):
     fn.parent.mkdir(parents=True, exist_ok=True)
     for old in fn.parent.glob(fn.name.rsplit('_', 1)[0] + '_*.pt'): old.unlink(missing_ok=True)   # stale versions
     tmp = fn.with_suffix(f'.tmp{os.getpid()}')
-    torch.save({'names': list(names), 'images': images, 'trimaps': trimaps}, tmp); os.replace(tmp, fn)   # atomic
+    try: torch.save({'names': list(names), 'images': images, 'trimaps': trimaps}, tmp); os.replace(tmp, fn)   # atomic
+    finally: tmp.unlink(missing_ok=True)                                # a failed write leaves no partial file
+
+# %% ../nbs/00_data.ipynb #4ea62c64
+MIN_PET = 0.005   # pet fraction under which a trimap is a failed annotation: on the real data 0% (failures), then 1.2% and up
+
+def pet_fraction(trimaps # uint8 trimaps (N,H,W) with 1 = pet
+                ) -> torch.Tensor:
+    "The share of pet pixels of each trimap, float64 (N,)"
+    return (torch.as_tensor(trimaps) == 1).flatten(1).double().mean(1)
+
+def _bad(trimaps, names, min_pet):
+    if not 0 <= min_pet < 1: raise ValueError(f'min_pet is a share of pixels in [0, 1), not {min_pet!r}')
+    return [n for n, f in zip(names, pet_fraction(trimaps).tolist()) if f < min_pet]
+
+def bad_trimaps(root, # a folder holding `oxford-iiit-pet/`
+                names, # image names to check (e.g. `read_split(root, 'test')`)
+                min_pet=MIN_PET, # a trimap with a smaller share of pet pixels is a failed annotation
+                size=128, # the side the trimaps are read at (from the tensor cache)
+                cache=None # cache folder (default: `cache_dir()`)
+               ) -> list[str]:
+    "The names among `names` whose trimap marks less than `min_pet` of its pixels as pet: failed annotations"
+    return _bad(load_cached(root, names, size, cache)[1], names, min_pet)
 
 # %% ../nbs/00_data.ipynb #10914ff6
 def augment_batch(x, # float images (B,3,H,W)
@@ -270,9 +316,13 @@ class TensorLoader:
 
 # %% ../nbs/00_data.ipynb #1bb0f2fe
 class DataLoaders:
-    "The `train`, `valid` and `test` loaders, and `train_masks` uint8 (N,1,S,S)"
-    def __init__(self, train, valid, test, train_masks): store_attr()
-    def __repr__(self): return f'DataLoaders(train={self.train.n}, valid={self.valid.n}, test={self.test.n} items)'
+    "The `train`, `valid` and `test` loaders, `train_masks` uint8 (N,1,S,S), and the names left out of each split (`dropped`)"
+    def __init__(self, train, valid, test, train_masks, dropped=None):
+        store_attr('train,valid,test,train_masks'); self.dropped = dropped or dict(train=[], valid=[], test=[])
+    def __repr__(self):
+        d = self.dropped
+        drop = f"; dropped {'/'.join(str(len(d[k])) for k in ('train', 'valid', 'test'))} failed trimaps" if any(d.values()) else ''
+        return f'DataLoaders(train={self.train.n}, valid={self.valid.n}, test={self.test.n} items{drop})'
 
 # %% ../nbs/00_data.ipynb #17758e92
 def get_dls(root, # a folder holding `oxford-iiit-pet/`
@@ -283,22 +333,42 @@ def get_dls(root, # a folder holding `oxford-iiit-pet/`
             limit=None, # at most this many items per split (seeded subset), for tests and quick runs
             augment=True, # flips and scale/crop for the train loader
             on_device=True, # hold the tensors on `device` and augment there, or keep them on the CPU
-            cache=None # tensor cache folder (default: `cache_dir()`)
+            cache=None, # tensor cache folder (default: `cache_dir()`)
+            drop_bad=True # leave out failed annotations (`bad_trimaps`, pet fraction under `MIN_PET`); False keeps all
            ) -> DataLoaders:
-    "Train (shuffled, augmented), valid and test loaders of Oxford-IIIT Pet from the tensor cache"
+    "Train (shuffled, augmented), valid and test loaders of Oxford-IIIT Pet from the tensor cache; `.dropped` names what was left out"
     root, device = check_pets_root(root), get_device(device)
-    train, valid = split_trainval(read_split(root, 'trainval'), valid_pct, seed)
-    test = read_split(root, 'test')
-    if limit: train, valid, test = (sorted(random.Random(seed).sample(s, min(limit, len(s)))) for s in (train, valid, test))
-    tv = sorted(train + valid)
+    ann = root/'oxford-iiit-pet'/'annotations'
+    src = dict(train=ann/'trainval.txt', valid=ann/'trainval.txt', test=ann/'test.txt')
+    tvn, test = read_split(root, 'trainval'), read_split(root, 'test')
+    for f, ns in ((src['train'], tvn), (src['test'], test)):
+        if not ns: raise ValueError(f'{f} lists no image: put one image name per line in it (as in the official list), '
+                                    f'or restore it from annotations.tar.gz')
+    names = dict(zip(('train', 'valid'), split_trainval(tvn, valid_pct, seed)), test=test)
+    for k in ('train', 'valid'):
+        if not names[k]: raise ValueError(f"{src[k]} lists {len(tvn)} image(s): too few for a {k} split with valid_pct={valid_pct}; "
+                                          f"list more images, or choose a valid_pct that leaves images on both sides")
+    if limit: names = {k: sorted(random.Random(seed).sample(s, min(limit, len(s)))) for k, s in names.items()}
+    tv = sorted(names['train'] + names['valid'])
     ims, tris = load_cached(root, tv, size, cache)
     pos, store = {n: i for i, n in enumerate(tv)}, device if on_device else torch.device('cpu')
-    def dl(ims, tris, shuffle=False):
-        masks = trimap_to_mask(tris, border)[:, None]                   # (N, 1, S, S)
-        return TensorLoader(ims.to(store), masks.to(store), batch_size, shuffle, shuffle and augment, device, seed)
     sel = lambda ns: torch.tensor([pos[n] for n in ns], dtype=torch.long)
-    dtr = dl(ims[sel(train)], tris[sel(train)], shuffle=True)
-    return DataLoaders(dtr, dl(ims[sel(valid)], tris[sel(valid)]), dl(*load_cached(root, test, size, cache)), dtr.masks)
+    data = dict(train=(ims[sel(names['train'])], tris[sel(names['train'])]), valid=(ims[sel(names['valid'])], tris[sel(names['valid'])]),
+                test=load_cached(root, names['test'], size, cache))
+    dls, dropped = {}, {}
+    for k, (im, tri) in data.items():                                   # every check before any training
+        dropped[k] = _bad(tri, names[k], MIN_PET) if drop_bad else []
+        if dropped[k]:
+            bad = set(dropped[k]); keep = torch.tensor([n not in bad for n in names[k]])
+            im, tri = im[keep], tri[keep]
+        if not len(tri): raise ValueError(f'every image of the {k} split ({len(dropped[k])}, from {src[k]}) has a failed trimap '
+                                          f'(pet fraction under {MIN_PET:.1%}), so none is left: list other images, or pass drop_bad=False')
+        masks = trimap_to_mask(tri, border)[:, None]                    # (N, 1, S, S)
+        if not (masks == 1).any(): raise ValueError(f'no trimap of the {k} split ({len(tri)} images from {src[k]}) marks a pet pixel '
+                                                    f"(value 1), so it has nothing to {'learn' if k == 'train' else 'score'}: "
+                                                    f"check the trimaps in {ann/'trimaps'} or list other images")
+        dls[k] = TensorLoader(im.to(store), masks.to(store), batch_size, k == 'train', k == 'train' and augment, device, seed)
+    return DataLoaders(dls['train'], dls['valid'], dls['test'], dls['train'].masks, dropped)
 
 # %% ../nbs/00_data.ipynb #508f1d82
 def trimap_stats(trimaps, # uint8 trimaps (N,H,W)
