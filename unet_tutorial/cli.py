@@ -13,12 +13,11 @@ import torch
 from fastcore.docments import docments
 from fastcore.script import Param
 
-from .core import get_device
 from .data import find_pets, get_pets
 from .synthetic import make_synthetic_pets
 from .model import get_experiment
 from .config import QUICK, preset as get_preset
-from .core import BadInput
+from .core import BadInput, check_writable, get_device
 from .experiments import run_comparison
 from .report import results_table, summarize
 from .inference import MAX_SIZE, predict_files
@@ -78,6 +77,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
             amp:str=None, # precision: auto, bf16, fp16 or off (default: auto)
             seeds:str='0', # seeds, comma-separated: one run per experiment and seed (e.g. 0,1,2)
             limit:int=None, # use at most N training images (default: all)
+            keep_bad_trimaps:bool=False, # keep the failed annotations (empty trimaps) that are left out by default
             device:str=None, # cpu, cuda, cuda:N or mps (default: the best available)
             threads:int=None, # CPU threads for PyTorch (default: PyTorch's choice; 1 with --quick)
             out:str='runs/compare'): # output folder; the same command again skips finished runs, resumes the rest
@@ -91,6 +91,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
     if size is not None and size > MAX_SIZE: raise BadInput(f"--size must be at most {MAX_SIZE} (got {size})")
     over = {k: v for k, v in dict(epochs=epochs, size=size, width=width, batch_size=batch_size, lr=lr, amp=amp,
                                    limit=limit, device=device).items() if v is not None}   # None: the preset's
+    if keep_bad_trimaps: over['drop_bad_trimaps'] = False
     if schedule is not None: over['schedule'] = None if schedule.lower() == 'none' else schedule
     try: cfg = base.replace(**over)
     except ValueError as e: raise BadInput(str(e).replace('RunConfig: ', '--').replace('batch_size', 'batch-size')) from None
@@ -101,6 +102,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
     if not exps or not seeds: raise BadInput("--experiments and --seeds need at least one value each")
     old = torch.get_num_threads()
     if threads or quick: torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
+    check_writable(out, '--out')   # before anything is written there (the synthetic data of --quick, say)
     try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds)
     finally: torch.set_num_threads(old)
     print(results_table(summarize(cmp.records)), f"\nResults, table and figures in {out}/", sep='\n')

@@ -103,7 +103,7 @@ def _load_data(root, cfg, device):
     "The `DataLoaders` for `cfg` (at most `cfg.limit` training images), with every data problem a `BadInput`."
     try:
         try: dls = get_dls(root, size=cfg.size, batch_size=cfg.batch_size, border=cfg.border, augment=cfg.augment,
-                           device=device)
+                           device=device, drop_bad=cfg.drop_bad_trimaps)
         except ValueError: validate_pets(root); raise  # a bad file: list every bad file of both splits
     except (FileNotFoundError, ValueError) as e: raise BadInput(str(e)) from None
     if cfg.limit and cfg.limit < dls.train.n:  # a seeded subset of the training images; valid and test stay whole
