@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SEED_RESULTS', 'SEED_CAVEAT', 'METRICS', 'PAIRS', 'Comparison', 'summarize', 'results_table', 'seed_table',
            'mean_image_ious', 'analysis', 'plot_curves', 'predictions', 'show_predictions', 'plot_iou_dist',
-           'save_figures', 'describe', 'write_results', 'explore_predictions']
+           'show_errors', 'save_figures', 'describe', 'write_results', 'explore_predictions']
 
 # %% ../nbs/05a_report.ipynb #8cf8d0f8
 import io, json, os
@@ -18,7 +18,7 @@ from fastcore.basics import store_attr
 from fastcore.imports import in_notebook
 
 from .core import atomic_save
-from .data import denormalize
+from .data import denormalize, normalize
 from .losses import per_image_iou
 from .inference import load_model
 from .stats import welch, paired_bootstrap
@@ -145,9 +145,9 @@ def analysis(rows, # rows from `summarize`
 
 # %% ../nbs/05a_report.ipynb #721ca035
 def plot_curves(cmp): # a `Comparison`
-    "Training and validation loss (top) and validation IoU (bottom) of every experiment, one line per seed."
+    "Training and validation loss (top) and validation IoU (bottom) of every experiment, one line per seed, on shared axes."
     n = len(cmp.names)
-    fig, axs = plt.subplots(2, n, figsize=(3 * n, 5.5), sharex=True, squeeze=False)
+    fig, axs = plt.subplots(2, n, figsize=(3 * n, 5.5), sharex=True, sharey='row', squeeze=False)  # comparable at a glance
     for j, name in enumerate(cmp.names):
         for i, r in enumerate(cmp.runs(name)):
             h = cmp.history(r); ep = [e['epoch'] for e in h]
@@ -214,12 +214,43 @@ def plot_iou_dist(cmp): # a `Comparison`
     ax.set_title('Per-image IoU distribution (above each box: share of images below 0.5)'); fig.tight_layout()
     return fig
 
+# %% ../nbs/05a_report.ipynb #6891b6db
+@torch.no_grad()
+def show_errors(cmp, # a `Comparison` whose runs have checkpoints on disk
+                qs=(10, 50, 90), # percentiles of each experiment's per-image test IoU
+                threshold:float=0.5): # probability above which a pixel is pet
+    "Rows: experiments; columns: test images at the `qs` percentiles of its IoU; FP red, FN blue, truth outlined."
+    from matplotlib.patches import Patch
+    models = {k: m for k in cmp.names if (m := cmp.model(k)) is not None}
+    if not models: return None
+    t = cmp.dls.test
+    fig, axs = plt.subplots(len(models), len(qs), figsize=(2.6 * len(qs), 2.6 * len(models) + .6), squeeze=False)
+    for row, (name, model) in zip(axs, models.items()):
+        ious = torch.tensor(cmp.image_ious(cmp.runs(name)[0]))                     # (N,) in loader order
+        order = ious.argsort()
+        for ax, q in zip(row, qs):
+            i = order[min(len(order) - 1, int(q / 100 * len(order)))].item()
+            x, y = normalize(t.images[i:i + 1]).to(t.device), t.masks[i:i + 1]    # (1, 3, S, S), (1, 1, S, S)
+            pred = (model.to(x.device).eval()(x).float().sigmoid() > threshold)[0, 0].cpu()
+            pet, bg = (y[0, 0] == 1).cpu(), (y[0, 0] == 0).cpu()
+            img = _show_image(x[0]).clone()                                        # (S, S, 3) in [0, 1]
+            img[pred & bg] = .4 * img[pred & bg] + .6 * torch.tensor([1., 0, 0])   # false positives: red
+            img[~pred & pet] = .4 * img[~pred & pet] + .6 * torch.tensor([0, .3, 1.])  # false negatives: blue
+            ax.imshow(img); ax.contour(pet.float(), levels=[.5], colors='white', linewidths=.8)
+            ax.set_title(f"p{q}: IoU {ious[i]:.2f}", fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+        row[0].set_ylabel(cmp.runs(name)[0]['label'].split(':')[0], fontsize=9)
+    fig.legend(handles=[Patch(color='red', label='false positive'), Patch(color=(0, .3, 1), label='false negative'),
+                        Patch(facecolor='none', edgecolor='gray', label='true outline (white)')],
+               loc='lower center', ncol=3, fontsize=8)
+    fig.suptitle('Test images at percentiles of each model\'s per-image IoU'); fig.tight_layout(rect=(0, .05, 1, 1))
+    return fig
+
 # %% ../nbs/05a_report.ipynb #cc000f29
 def save_figures(cmp, folder, prefix:str='', dpi:int=90):
     "Save the comparison's figures as small PNGs in `folder` (predictions only where checkpoints are on disk)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); paths = []
-    figs = [('curves', plot_curves), ('predictions', show_predictions), ('iou', plot_iou_dist)]
-    if not predictions(cmp)[2]: figs.pop(1)      # committed results without their checkpoints: no predictions
+    figs = [('curves', plot_curves), ('predictions', show_predictions), ('errors', show_errors), ('iou', plot_iou_dist)]
+    if not predictions(cmp)[2]: figs = [figs[0], figs[3]]   # committed results without their checkpoints: no predictions
     for name, fig in ((k, f(cmp)) for k, f in figs):
         buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); plt.close(fig)
         paths.append(folder/f'{prefix}{name}.png'); atomic_save(buf.getvalue(), paths[-1])   # never half a PNG
