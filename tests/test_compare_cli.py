@@ -194,10 +194,10 @@ def test_output_folder_problems(tmp_path, case):
     "An output folder that cannot be written: status 2 and a message naming it, before the data loads (item 9)."
     if case == 'out read-only' and os.geteuid() == 0: pytest.skip('root writes into read-only folders')
     pets, out = _pets(tmp_path/'pets'), tmp_path/'out'
-    if case == 'out is a file': out.write_text('x'); want = f'{out}: cannot write into this output folder'
+    if case == 'out is a file': out.write_text('x'); want = f'{out}: cannot write into this'
     elif case == 'out under a file':
-        (tmp_path/'f').write_text('x'); out = tmp_path/'f'/'out'; want = f'{out}: cannot write into this output folder'
-    elif case == 'out read-only': out.mkdir(); out.chmod(0o555); want = f'{out}: cannot write into this output folder'
+        (tmp_path/'f').write_text('x'); out = tmp_path/'f'/'out'; want = f'{out}: cannot write into this'
+    elif case == 'out read-only': out.mkdir(); out.chmod(0o555); want = f'{out}: cannot write into this'
     else:   # the folder is fine, a run's folder is not: the write error later names the file
         out.mkdir(); (out/'maxpool_transpose_bce').write_text('x')
         want = f"{out/'maxpool_transpose_bce'/'seed0'/'last.pt'}: cannot write it"
@@ -231,7 +231,7 @@ def test_diverging_lr_leaves_no_nonfinite_checkpoint(tmp_path):
     r = compare(tmp_path, '--data', _pets(tmp_path/'pets'), '--out', out, '--experiments', '1', '--epochs', '3',
                 '--lr', '1e6', *TINY)
     _no_traceback(r, code=1)
-    assert 'NaN or infinite' in r.stderr and 'lower lr' in r.stderr, r.stderr
+    assert 'NaN or infinite' in r.stderr and 'lower --lr' in r.stderr, r.stderr
     run = out/'maxpool_transpose_bce'/'seed0'
     ckpts = [run/f for f in ('best.pt', 'last.pt') if (run/f).exists()]
     assert run/'last.pt' in ckpts   # the epoch-0 checkpoint the trainer writes before its first step

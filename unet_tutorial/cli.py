@@ -84,6 +84,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
     "Train and compare U-Net experiments on Oxford-IIIT Pet; write OUT/results.json, OUT/results.md and figures."
     dev = _device(device)
     if quick and preset not in (None, 'quick'): raise BadInput("--quick uses the quick preset: drop --preset")
+    if quick and data: raise BadInput("--quick trains on its own synthetic data: drop --data (or drop --quick)")
     try: base = QUICK if quick else get_preset(preset or ('gpu' if dev.type == 'cuda' else 'cpu'))
     except ValueError as e: raise BadInput(f"--preset: {e}") from None
     for k, v in (('limit', limit), ('threads', threads)):
