@@ -4,15 +4,15 @@
 
 # %% ../nbs/03a_config.ipynb #7729af5c
 from __future__ import annotations
-import dataclasses, hashlib, json
+import dataclasses, hashlib, json, math
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
 from .data import BORDERS   # what a trimap's border pixels become (lesson 00)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'RunConfig', 'preset', 'to_json',
-           'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
+__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'RunConfig', 'sched_factor',
+           'preset', 'to_json', 'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
 
 # %% ../nbs/03a_config.ipynb #ff002fcb
 SCHEDULES = (None, 'cosine', 'onecycle')     # learning-rate schedules of the trainer (lesson 04)
@@ -57,6 +57,19 @@ class RunConfig:
     def replace(self, **kw) -> RunConfig:
         "A copy with the fields in `kw` changed (and checked)."
         return dataclasses.replace(self, **kw)
+
+# %% ../nbs/03a_config.ipynb #57a97c34
+def _cos(start, end, pct): return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
+
+def sched_factor(kind:str|None, # None (constant), 'cosine' or 'onecycle'
+                 pct:float,     # fraction of training done, 0 to 1
+                 warmup:float=0.3, div:float=25., final_div:float=1e4): # one-cycle's shape, as `OneCycleLR`'s
+    "The multiple of the peak learning rate to use `pct` of the way through training."
+    if kind is None: return 1.
+    if kind == 'cosine': return _cos(1., 0., pct)
+    if kind == 'onecycle':
+        return _cos(1/div, 1., pct/warmup) if pct < warmup else _cos(1., 1/(div*final_div), (pct-warmup)/(1-warmup))
+    raise ValueError(f"schedule={kind!r}: use None, 'cosine' or 'onecycle'")
 
 # %% ../nbs/03a_config.ipynb #d2c0b337
 GPU = RunConfig(size=128, width=64, depth=4, batch_size=32, epochs=15, lr=1e-3)

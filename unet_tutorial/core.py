@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #d5f74eb5
 from __future__ import annotations
-import json, math, os, pickle, random, re, tempfile, zipfile
+import json, math, os, pickle, random, re, tempfile, warnings, zipfile
 from pathlib import Path
 
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'cpu_bf16_native', 'cpu_kind', 'set_seed', 'get_rng_state',
-           'set_rng_state', 'BadInput', 'CannotWrite', 'json_safe', 'atomic_save', 'clean_tmp', 'check_writable',
-           'read_checkpoint']
+__all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'set_seed',
+           'get_rng_state', 'set_rng_state', 'BadInput', 'CannotWrite', 'json_safe', 'atomic_save', 'clean_tmp',
+           'check_writable', 'read_checkpoint']
 
 # %% ../nbs/00_core.ipynb #89b000fc
 IGNORE_INDEX = 255   # mask value of pixels that losses and metrics leave out
@@ -46,6 +46,25 @@ def cpu_kind() -> str:
     "The CPU's vector instructions as PyTorch sees them, and whether bf16 is native: recorded with every run."
     return f"{torch.backends.cpu.get_cpu_capability()}, {'native' if cpu_bf16_native() else 'no native'} bf16"
 
+# %% ../nbs/00_core.ipynb #897eaf2d
+def amp_policy(device,       # the device the model runs on ('cuda', 'mps', 'cpu' or a `torch.device`)
+               amp='auto'): # 'auto', True, False, 'off', 'bf16' or 'fp16'
+    "The autocast dtype for `amp` on `device` (None: plain fp32), and whether it needs a `GradScaler`."
+    kind = torch.device(device).type
+    if amp in (False, None, 'off'): return None, False
+    if amp in ('auto', True, 'on'):
+        if kind == 'cpu': amp = 'bf16' if cpu_bf16_native() else None
+        # native bf16 needs Ampere (compute capability 8) or later; older GPUs would only emulate it, slowly
+        elif kind == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8: amp = 'bf16'
+        else: amp = 'fp16'
+        if amp is None: return None, False
+    if amp not in ('bf16', 'fp16'): raise ValueError(f"amp={amp!r}: use 'auto', True, False, 'off', 'bf16' or 'fp16'")
+    if amp == 'bf16' and kind == 'cpu' and not cpu_bf16_native():
+        warnings.warn('amp=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is several times slower than fp32; '
+                      "use amp='auto' or 'off'", stacklevel=2)
+    dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
+    return dtype, dtype == torch.float16
+
 # %% ../nbs/00_core.ipynb #8a1a6a57
 def set_seed(seed:int|None,           # seed for Python's, NumPy's and PyTorch's generators (every device); None: leave them
              deterministic:bool=False): # also ask for deterministic kernels (slower on a GPU)
@@ -70,6 +89,16 @@ def set_rng_state(state:dict): # from `get_rng_state`
     random.setstate(state['python']); torch.set_rng_state(state['torch'])
     kind, key, *rest = state['numpy']; np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+
+# %% ../nbs/00_core.ipynb #9c91f361
+def _loader_gen(dl):
+    "The loader's own `torch.Generator` (`TensorLoader.gen`: its shuffle and augmentations), or None."
+    g = getattr(dl, 'gen', getattr(dl, 'generator', None))
+    return g if isinstance(g, torch.Generator) else None
+
+def _seed_loader(dl, seed):
+    "Reseed the loader's own generator, if it has one, so that `seed` fixes the order and the augmentations."
+    if (g := _loader_gen(dl)) is not None: g.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #043eecc4
 class BadInput(ValueError): "A problem with the user's input (data, options), reported as a plain message."

@@ -11,56 +11,14 @@ from pathlib import Path
 import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
 
-from .core import (BadInput, atomic_save, clean_tmp, cpu_bf16_native, cpu_kind, get_device, get_rng_state, read_checkpoint,
-                                set_rng_state, set_seed)
+from .core import (BadInput, _loader_gen, _seed_loader, amp_policy, atomic_save, clean_tmp, cpu_bf16_native,
+                                cpu_kind, get_device, get_rng_state, read_checkpoint, set_rng_state, set_seed)
 from .losses import SegMetrics
-from .config import RunConfig
+from .config import RunConfig, sched_factor
 from .callbacks import EVENTS, Callback, ProgressCB
 
 # %% auto #0
-__all__ = ['amp_policy', 'sched_factor', 'Trainer', 'plot_history']
-
-# %% ../nbs/04_trainer.ipynb #98c6cf73
-def _loader_gen(dl):
-    "The loader's own `torch.Generator` (`TensorLoader.gen`: its shuffle and augmentations), or None."
-    g = getattr(dl, 'gen', getattr(dl, 'generator', None))
-    return g if isinstance(g, torch.Generator) else None
-
-def _seed_loader(dl, seed):
-    "Reseed the loader's own generator, if it has one, so that `seed` fixes the order and the augmentations."
-    if (g := _loader_gen(dl)) is not None: g.manual_seed(seed)
-
-# %% ../nbs/04_trainer.ipynb #5c0c58d6
-def amp_policy(device,       # the device the model runs on ('cuda', 'mps', 'cpu' or a `torch.device`)
-               amp='auto'): # 'auto', True, False, 'off', 'bf16' or 'fp16'
-    "The autocast dtype for `amp` on `device` (None: plain fp32), and whether it needs a `GradScaler`."
-    kind = torch.device(device).type
-    if amp in (False, None, 'off'): return None, False
-    if amp in ('auto', True, 'on'):
-        if kind == 'cpu': amp = 'bf16' if cpu_bf16_native() else None
-        # native bf16 needs Ampere (compute capability 8) or later; older GPUs would only emulate it, slowly
-        elif kind == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8: amp = 'bf16'
-        else: amp = 'fp16'
-        if amp is None: return None, False
-    if amp not in ('bf16', 'fp16'): raise ValueError(f"amp={amp!r}: use 'auto', True, False, 'off', 'bf16' or 'fp16'")
-    if amp == 'bf16' and kind == 'cpu' and not cpu_bf16_native():
-        warnings.warn('amp=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is several times slower than fp32; '
-                      "use amp='auto' or 'off'", stacklevel=2)
-    dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
-    return dtype, dtype == torch.float16
-
-# %% ../nbs/04_trainer.ipynb #d9ee81bf
-def _cos(start, end, pct): return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
-
-def sched_factor(kind:str|None, # None (constant), 'cosine' or 'onecycle'
-                 pct:float,     # fraction of training done, 0 to 1
-                 warmup:float=0.3, div:float=25., final_div:float=1e4): # one-cycle's shape, as `OneCycleLR`'s
-    "The multiple of the peak learning rate to use `pct` of the way through training."
-    if kind is None: return 1.
-    if kind == 'cosine': return _cos(1., 0., pct)
-    if kind == 'onecycle':
-        return _cos(1/div, 1., pct/warmup) if pct < warmup else _cos(1., 1/(div*final_div), (pct-warmup)/(1-warmup))
-    raise ValueError(f"schedule={kind!r}: use None, 'cosine' or 'onecycle'")
+__all__ = ['Trainer', 'plot_history']
 
 # %% ../nbs/04_trainer.ipynb #5552b214
 _MONITORS = ('iou', 'dice', 'mean_image_iou', 'pixel_accuracy', 'loss', 'valid_loss')
