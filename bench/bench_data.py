@@ -15,8 +15,8 @@ import argparse, os, shutil, tempfile, time
 
 import torch
 
-from unet_tutorial.data import (TensorLoader, check_pets_root, load_cached, pets_dataset, read_split,
-                                trimap_to_mask)
+from unet_tutorial.data import check_pets_root, pets_dataset, read_split, trimap_to_mask
+from unet_tutorial.loaders import TensorLoader, load_cached
 
 
 def epoch(loader, sync=lambda: None):

@@ -28,8 +28,8 @@ import argparse, os, platform, random, time
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from unet_tutorial.data import (DataLoaders, TensorLoader, check_pets_root, load_cached, pets_dataset, read_split,
-                                split_trainval, trimap_to_mask)
+from unet_tutorial.data import check_pets_root, pets_dataset, read_split, split_trainval, trimap_to_mask
+from unet_tutorial.loaders import DataLoaders, TensorLoader, load_cached
 from unet_tutorial.losses import get_loss, pos_weight_from_masks
 from unet_tutorial.model import build_model
 from unet_tutorial.config import RunConfig

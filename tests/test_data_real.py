@@ -1,7 +1,8 @@
-"""Tests of `unet_tutorial.data` on the real Oxford-IIIT Pet copy (../shared/data/pets128, or env UNET_TUTORIAL_DATA).
+"""Tests of `unet_tutorial.data` and `unet_tutorial.loaders` on the real Oxford-IIIT Pet copy (../shared/data/pets128,
+or env UNET_TUTORIAL_DATA).
 
 They read the files directly with PIL, independently of the code under test, and skip with a message when the data is
-not there. The synthetic-data tests live in nbs/00_data.ipynb (run by nbdev_test).
+not there. The synthetic-data tests live in nbs/00_data.ipynb and nbs/00b_loaders.ipynb (run by nbdev_test).
 """
 import os
 from collections import Counter
@@ -12,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_tutorial.data import (IGNORE_INDEX, MIN_PET, bad_trimaps, breed_of, get_dls, load_cached, read_split,
-                                split_trainval, trimap_stats, trimap_to_mask, validate_pets)
+from unet_tutorial.data import IGNORE_INDEX, breed_of, read_split, split_trainval, trimap_to_mask, validate_pets
+from unet_tutorial.loaders import MIN_PET, bad_trimaps, get_dls, load_cached, trimap_stats
 
 ROOT = Path(os.environ.get('UNET_TUTORIAL_DATA') or Path(__file__).resolve().parents[1].parent/'shared/data/pets128')
 BASE = ROOT/'oxford-iiit-pet'

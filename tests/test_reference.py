@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unet_tutorial.config import RunConfig
-from unet_tutorial.data import get_dls
+from unet_tutorial.loaders import get_dls
 from unet_tutorial.experiments import evaluate_model
 from unet_tutorial.cli import unet_predict
 from unet_tutorial.data import trimap_to_mask

@@ -36,7 +36,7 @@ class RunConfig:
     limit: int|None = None        # use at most this many training images (None: all)
     seed: int = 0                 # initial weights, batch order and augmentation
     device: str|None = None       # 'cpu', 'cuda', 'mps' ...; None: the best available
-    drop_bad_trimaps: bool = True # leave the failed annotations (lesson 00's `bad_trimaps`) out of training and scoring
+    drop_bad_trimaps: bool = True # leave the failed annotations (lesson 00b's `bad_trimaps`) out of training and scoring
 
     def __post_init__(self):
         for k, lo in (('size', 16), ('width', 1), ('depth', 1), ('batch_size', 1), ('epochs', 1)):

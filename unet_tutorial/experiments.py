@@ -14,7 +14,8 @@ from statistics import mean
 import torch
 
 from .core import BadInput, atomic_save, check_writable, cpu_kind, get_device
-from .data import TensorLoader, check_pets_root, get_dls
+from .data import check_pets_root
+from .loaders import TensorLoader, get_dls
 from .data import read_split, split_trainval, validate_pets
 from .model import build_model, count_params, get_experiment
 from .losses import SegMetrics, get_loss, per_image_iou, pos_weight_from_masks
