@@ -11,7 +11,8 @@ from unet_tutorial.loaders import get_dls
 from unet_tutorial.experiments import evaluate_model
 from unet_tutorial.cli import unet_predict
 from unet_tutorial.data import trimap_to_mask
-from unet_tutorial.inference import load_model, reference_checkpoint, reference_model
+from unet_tutorial.inference import load_model
+from unet_tutorial.reference import reference_checkpoint, reference_model
 import numpy as np
 from PIL import Image
 

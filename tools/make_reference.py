@@ -11,7 +11,7 @@ import argparse, json
 from pathlib import Path
 
 import torch
-from unet_tutorial.inference import make_reference
+from unet_tutorial.reference import make_reference
 
 root = Path(__file__).resolve().parent.parent
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
