@@ -4,7 +4,7 @@
 
 1. builds the wheel (or takes --wheel), 2. makes a fresh virtual environment OUTSIDE the checkout (default: a new
 temporary folder; --venv DIR reuses DIR if it has a python, for repeated local runs) holding only that wheel and the
-notebook runner `execnb`, 3. copies the lessons `nbs/NN_*.ipynb` into an empty temporary folder outside the checkout,
+notebook runner `execnb`, 3. copies the lessons `nbs/NN*_*.ipynb` (00a, 03b, ... too) into an empty temporary folder outside the checkout,
 4. executes every lesson top to bottom there, each in a fresh kernel, with the test settings (IN_TEST=1; cells flagged
 `#| slow` or `#| cuda` skipped, as `nbdev_test` does), then the --full lessons (default 01, 02, 03, 07) with IN_TEST
 unset, the settings a learner gets (only `#| cuda` cells skipped, and only without a GPU).
@@ -107,7 +107,7 @@ def main():
 
     lessons_dir = work/'lessons'; lessons_dir.mkdir()
     only = set(filter(None, a.only.split(',')))
-    lessons = [nb for nb in sorted((root/'nbs').glob('[0-9][0-9]_*.ipynb')) if not only or nb.name[:2] in only]
+    lessons = [nb for nb in sorted((root/'nbs').glob('[0-9][0-9]*_*.ipynb')) if not only or nb.name[:2] in only]
     if a.cli_only: lessons = []
     for nb in lessons: shutil.copy(nb, lessons_dir/nb.name)
     (work/'runner.py').write_text(RUNNER)
