@@ -14,11 +14,10 @@ from statistics import mean
 import torch
 
 from .core import BadInput, atomic_save, check_writable, cpu_kind, get_device
-from .data import check_pets_root
+from .data import check_pets_root, read_split, split_trainval, validate_pets
 from .loaders import TensorLoader, get_dls
-from .data import read_split, split_trainval, validate_pets
 from .model import build_model, count_params, get_experiment
-from .losses import SegMetrics, get_loss, per_image_iou, pos_weight_from_masks
+from .losses import SegMetrics, get_loss, pos_weight_from_masks
 from .trainer import Trainer
 from .inference import load_model
 from .config import CPU, GPU, RunConfig, check_same, data_fingerprint, settings_of
@@ -35,7 +34,7 @@ def evaluate_model(model, # a model returning logits
     for x, y in dl:
         logits = model.eval()(x.to(device)).float()  # (B, 1, H, W)
         y = y.to(device)
-        metrics.update(logits, y); ious.append(per_image_iou(logits, y, threshold))
+        ious.append(metrics.update(logits, y))          # (B,) per-image IoU, from the same counts
     return metrics.compute(), torch.cat(ious).tolist()
 
 # %% ../nbs/05_experiments.ipynb #3b64a28d

@@ -132,6 +132,10 @@ def per_image_iou(logits, # (B, 1, H, W) logits
                   ignore_index:int=IGNORE_INDEX): # mask value left out of every count
     "Foreground IoU of every image, (B,) float; 1 when the mask and the prediction are both empty."
     tp, fp, fn, _ = confusion_counts(logits, mask, threshold, ignore_index)  # (B,) each
+    return _iou(tp, fp, fn)
+
+def _iou(tp, fp, fn): # per-image counts, (B,) each
+    "IoU from per-image counts; 1 where there is nothing to find and nothing is found."
     union = tp + fp + fn                                                    # (B,)
     return torch.where(union > 0, tp / union.clamp_min(1), 1.0)
 
@@ -155,15 +159,15 @@ class SegMetrics:
 
     @torch.no_grad()
     def update(self, logits, mask):
-        "Add a batch of logits (B, 1, H, W) and masks (B, 1, H, W), on the logits' device, without a host sync."
-        tp, fp, fn, tn = confusion_counts(logits, mask, self.threshold, self.ignore_index)   # (B,) each
-        union = tp + fp + fn                                            # (B,)
-        iou = per_image_iou(logits, mask, self.threshold, self.ignore_index)  # (B,) empty mask + empty prediction: 1
-        has_valid = (union + tn) > 0                                    # (B,) images with a valid pixel
+        "Add a batch of logits (B, 1, H, W) and masks (B, 1, H, W) without a host sync; returns its per-image IoU (B,)."
+        tp, fp, fn, tn = confusion_counts(logits, mask, self.threshold, self.ignore_index)   # (B,) each, counted once
+        iou = _iou(tp, fp, fn)                                          # (B,) as `per_image_iou`: empty + empty = 1
+        has_valid = (tp + fp + fn + tn) > 0                             # (B,) images with a valid pixel
         counts = torch.stack([tp.sum(), fp.sum(), fn.sum(), tn.sum()])  # (4,)
         image_iou = torch.stack([(iou * has_valid).sum(), has_valid.sum()]).float()  # (2,) fp32: MPS has no fp64
         if self.counts is None: self.counts, self.image_iou = counts, image_iou
         else: self.counts, self.image_iou = self.counts + counts, self.image_iou + image_iou
+        return iou
 
     def compute(self) -> dict:
         "The metrics as floats: `pixel_accuracy`, `iou`, `dice`, `mean_image_iou`."
