@@ -12,7 +12,7 @@ import numpy as np, torch
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'set_seed',
            'get_rng_state', 'set_rng_state', 'BadInput', 'CannotWrite', 'json_safe', 'atomic_save', 'clean_tmp',
-           'check_writable', 'read_checkpoint']
+           'check_writable', 'read_checkpoint', 'check']
 
 # %% ../nbs/00_core.ipynb #89b000fc
 IGNORE_INDEX = 255   # mask value of pixels that losses and metrics leave out
@@ -39,6 +39,11 @@ def get_device(name:str|None=None # 'cpu', 'cuda', 'cuda:1', 'mps', a `torch.dev
 def cpu_bf16_native() -> bool:
     "Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast beats fp32."
     if not torch.backends.mkldnn.is_available(): return False
+    # PyTorch and oneDNN can be told to use older instructions (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2):
+    # then bf16 is not native any more, whatever the chip can do. That also lets one CPU measure the other kind.
+    if 'AVX512' not in torch.backends.cpu.get_cpu_capability(): return False
+    isa = os.environ.get('ONEDNN_MAX_CPU_ISA', 'ALL').upper()
+    if not (isa in ('ALL', 'DEFAULT') or any(k in isa for k in ('BF16', 'AMX', 'FP16', 'AVX10'))): return False
     checks = [getattr(torch.cpu, n, None) for n in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
     return any(f() for f in checks if f is not None)
 
@@ -190,3 +195,22 @@ def read_checkpoint(path # a file written by `atomic_save` or `torch.save`, e.g.
         raise BadInput(f"{path}: cannot read this checkpoint: {why}. {_RESTART}") from None
     if not isinstance(ckpt, dict): raise BadInput(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict. {_RESTART}")
     return ckpt
+
+# %% ../nbs/00_core.ipynb #174077b8
+def check(answer,          # the learner's result, or a function of no argument that computes it
+          expected,        # the reference result (a number, tensor, array, or anything `==` compares)
+          eps:float=1e-4,  # tolerance for numbers, tensors and arrays
+          strict:bool=False # raise an AssertionError instead of printing (what the solutions and tests use)
+         ) -> bool:
+    "Print `correct` when `answer` matches `expected`, else what is wrong; return whether it matched."
+    from fastcore.test import test_close, test_eq
+    try:
+        got = answer() if callable(answer) else answer
+        if got is None or got is Ellipsis: raise AssertionError('no answer yet: fill in the cell above and run it')
+        if isinstance(expected, (float, torch.Tensor, np.ndarray)): test_close(got, expected, eps)
+        else: test_eq(got, expected)
+    except Exception as e:
+        msg = f'not yet: {type(e).__name__}: {e}' if not isinstance(e, AssertionError) else f'not yet: {e}'
+        if strict: raise AssertionError(msg) from e
+        print(msg); return False
+    print('correct'); return True

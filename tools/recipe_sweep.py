@@ -1,0 +1,67 @@
+"""How the CPU preset was chosen: a learning-rate finder on the real pets, then a small sweep of recipes.
+
+    python tools/recipe_sweep.py lrfind --data ../shared/data/pets128 --out results/sweep
+    python tools/recipe_sweep.py run NAME [NAME ...] --data ../shared/data/pets128 --out results/sweep [--threads 1]
+
+`lrfind` writes OUT/lr_find.json (rates, smoothed losses, suggestion). `run` trains each named recipe of `RECIPES`
+(Exp 1, every trimap kept, as in results/cpu) with `unet-compare` into OUT/<name>/: the same command again skips
+finished runs and resumes unfinished ones. Lesson 03a reads the folder back with `unet_tutorial.report.sweep_table`.
+"""
+import argparse, json, subprocess, sys, time
+from pathlib import Path
+
+# name -> unet-compare options (Exp 1, width 16, 128 px, batch 32 throughout; the CPU preset is `onecycle3e-3_12ep`,
+# whose three seeds are results/cpu's Exp 1 runs)
+RECIPES = {
+    'const1e-3_12ep':     '--epochs 12 --lr 1e-3 --schedule none',      # the seed project's recipe (Adam 1e-3)
+    'onecycle3e-3_6ep':   '--epochs 6 --lr 3e-3 --schedule onecycle',   # half the time
+    'onecycle1e-2_12ep':  '--epochs 12 --lr 1e-2 --schedule onecycle',
+    'onecycle3e-2_12ep':  '--epochs 12 --lr 3e-2 --schedule onecycle',  # the LR finder's suggestion
+    'onecycle1e-2_40ep':  '--epochs 40 --lr 1e-2 --schedule onecycle',  # longer: the reference model's candidate
+    'onecycle3e-3_40ep':  '--epochs 40 --lr 3e-3 --schedule onecycle',
+}
+
+def lrfind(data, out, threads):
+    import torch
+    from unet_tutorial.callbacks import LRFinder
+    from unet_tutorial.config import CPU
+    from unet_tutorial.loaders import get_dls
+    from unet_tutorial.losses import get_loss, pos_weight_from_masks
+    from unet_tutorial.model import build_model
+    from unet_tutorial.trainer import Trainer
+    from unet_tutorial.core import atomic_save, cpu_kind
+    if threads: torch.set_num_threads(threads)
+    cfg = CPU.replace(drop_bad_trimaps=False)
+    dls = get_dls(data, size=cfg.size, batch_size=cfg.batch_size, device='cpu', drop_bad=False)
+    torch.manual_seed(0)
+    model = build_model(1, width=cfg.width, depth=cfg.depth)
+    finder = LRFinder(start=1e-5, end=1., steps=100)
+    t = time.perf_counter()
+    Trainer(model, get_loss('bce', pos_weight_from_masks(dls.train_masks)), dls, cfg.replace(epochs=2),
+            cbs=[finder]).fit()
+    rec = dict(lrs=finder.lrs, losses=finder.losses, suggestion=finder.suggestion(), seconds=time.perf_counter() - t,
+               hardware=f'CPU ({torch.get_num_threads()} threads; {cpu_kind()})', model='Exp 1, width 16, 128 px, batch 32',
+               command='python tools/recipe_sweep.py lrfind --data DATA --out OUT')
+    atomic_save(rec, Path(out)/'lr_find.json')
+    print(f"suggestion {rec['suggestion']:.2e} after {len(finder.lrs)} steps, {rec['seconds']:.0f} s")
+
+def run(names, data, out, threads):
+    for name in names:
+        opts = RECIPES[name].split()
+        cmd = ['unet-compare', '--data', str(data), '--preset', 'cpu', '--experiments', '1', '--seeds', '0',
+               '--keep-bad-trimaps', '--out', str(Path(out)/name), *opts] + (['--threads', str(threads)] if threads else [])
+        print(' '.join(cmd), flush=True)
+        subprocess.run([str(Path(sys.executable).parent/cmd[0]), *cmd[1:]], check=True)
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('what', choices=['lrfind', 'run'])
+    p.add_argument('names', nargs='*', help=f'recipes to run: {", ".join(RECIPES)}')
+    p.add_argument('--data', default='../shared/data/pets128')
+    p.add_argument('--out', default='results/sweep')
+    p.add_argument('--threads', type=int, default=None)
+    a = p.parse_args()
+    if a.what == 'lrfind': lrfind(a.data, a.out, a.threads)
+    else:
+        if bad := [n for n in a.names if n not in RECIPES]: p.error(f'unknown recipes {bad}: use {", ".join(RECIPES)}')
+        run(a.names, a.data, a.out, a.threads)
