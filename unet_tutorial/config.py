@@ -74,7 +74,7 @@ def sched_factor(kind:str|None, # None (constant), 'cosine' or 'onecycle'
 # %% ../nbs/03a_config.ipynb #d2c0b337
 GPU = RunConfig(size=128, width=64, depth=4, batch_size=32, epochs=15, lr=1e-3)
 CPU = RunConfig(size=128, width=16, depth=4, batch_size=32, epochs=12, lr=3e-3, schedule='onecycle')
-QUICK = RunConfig(size=64, width=8, depth=4, batch_size=8, epochs=6, lr=3e-3)
+QUICK = RunConfig(size=64, width=8, depth=4, batch_size=8, epochs=15, lr=5e-3, schedule='onecycle')
 PRESETS = dict(quick=QUICK, cpu=CPU, gpu=GPU)
 
 def preset(name:str) -> RunConfig: # 'quick', 'cpu' or 'gpu'

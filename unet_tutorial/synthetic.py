@@ -36,19 +36,20 @@ def _synth_arrays(n, size, seed):
     inside = _blobs(n, size, g)
     inside[[1, n-1]] = False                                            # no pet: empty trimaps are real
     k = torch.arange(n) % len(SYNTH_BREEDS)
-    pet = torch.tensor(list(SYNTH_BREEDS.values()))[k][..., None, None] * (0.6 + 0.4*_noise(n, size, g, 10))
+    colour = torch.tensor(list(SYNTH_BREEDS.values()))[k][..., None, None]      # (n, 3, 1, 1)
+    pet = colour * (0.75 + 0.25*_noise(n, size, g, 10)[:, :1])         # one hue, shaded: fur
     stripes = torch.sin(torch.linspace(0, 1, size)*torch.rand(n, 1, 1, 1, generator=g)*40)   # (n, 1, 1, size)
-    bg = torch.rand(n, 3, 1, 1, generator=g)*0.6 + 0.4*_noise(n, size, g) + 0.08*stripes
+    bg = (torch.rand(n, 3, 1, 1, generator=g)*0.6 + 0.4*_noise(n, size, g) + 0.08*stripes).clamp(0, 1)
+    bg = torch.where(colour.mean(1, keepdim=True) > 0.55, 0.4*bg, 0.6 + 0.4*bg)   # dark behind light pets, light behind dark
     img = torch.where(inside[:, None], pet, bg) + 0.03*torch.randn(n, 3, size, size, generator=g)
-    m = inside[:, None].float()                                         # (n, 1, size, size)
-    outer, inner = F.max_pool2d(m, 3, 1, 1)[:, 0] > 0, -F.max_pool2d(-m, 3, 1, 1)[:, 0] > 0
+    grown = F.max_pool2d(inside[:, None].float(), 3, 1, 1)[:, 0] > 0   # the shape and the pixels touching it
     tri = torch.full((n, size, size), 2, dtype=torch.uint8)
-    tri[outer & ~inner], tri[inner] = 3, 1
+    tri[grown & ~inside], tri[inside] = 3, 1
     return (img.clamp(0, 1)*255).round().byte().permute(0, 2, 3, 1).numpy(), tri.numpy(), k
 
 # %% ../nbs/00a_synthetic.ipynb #396dad5e
 def make_synthetic_pets(root, # folder to write `oxford-iiit-pet/` into
-                        n_trainval=96, n_test=32, size=64, seed=0) -> Path:
+                        n_trainval=200, n_test=40, size=64, seed=0) -> Path:
     "Write a small synthetic Oxford-IIIT Pet in the official layout (JPEG images, PNG trimaps, split lists)"
     base, n, breeds = Path(root)/'oxford-iiit-pet', n_trainval + n_test, list(SYNTH_BREEDS)
     (base/'images').mkdir(parents=True, exist_ok=True); (base/'annotations'/'trimaps').mkdir(parents=True, exist_ok=True)
