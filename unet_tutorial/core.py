@@ -196,7 +196,7 @@ def read_checkpoint(path # a file written by `atomic_save` or `torch.save`, e.g.
     if not isinstance(ckpt, dict): raise BadInput(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict. {_RESTART}")
     return ckpt
 
-# %% ../nbs/00_core.ipynb #174077b8
+# %% ../nbs/00_core.ipynb #e72a60d1
 def check(answer,          # the learner's result, or a function of no argument that computes it
           expected,        # the reference result (a number, tensor, array, or anything `==` compares)
           eps:float=1e-4,  # tolerance for numbers, tensors and arrays
