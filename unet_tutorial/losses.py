@@ -42,12 +42,11 @@ class DiceLoss(nn.Module):
 
     def forward(self, logits, mask):
         "Scalar loss of logits (B, 1, H, W) against a uint8 mask (B, 1, H, W)."
-        with torch.autocast(logits.device.type, enabled=False):
-            x, t, valid = _prepare(logits, mask, self.ignore_index)     # (B, 1, H, W) each
-            p, t = torch.sigmoid(x) * valid, t * valid                 # (B, 1, H, W) ignored pixels -> 0
-            dims = (1, 2, 3) if self.per_image else (0, 1, 2, 3)
-            inter, total = (p * t).sum(dims), p.sum(dims) + t.sum(dims)  # (B,) per image, () over the batch
-            return 1 - ((2 * inter + self.smooth) / (total + self.smooth)).mean()
+        x, t, valid = _prepare(logits, mask, self.ignore_index)     # (B, 1, H, W) each
+        p, t = torch.sigmoid(x) * valid, t * valid                 # (B, 1, H, W) ignored pixels -> 0
+        dims = (1, 2, 3) if self.per_image else (0, 1, 2, 3)
+        inter, total = (p * t).sum(dims), p.sum(dims) + t.sum(dims)  # (B,) per image, () over the batch
+        return 1 - ((2 * inter + self.smooth) / (total + self.smooth)).mean()
 
 # %% ../nbs/03_losses.ipynb #07a8dee2
 def pos_weight_from_masks(masks, # uint8 masks of any shape: 0 = background, 1 = pet, `ignore_index` = ignored
@@ -76,11 +75,10 @@ class WeightedBCE(nn.Module):
 
     def forward(self, logits, mask):
         "Scalar loss of logits (B, 1, H, W) against a uint8 mask (B, 1, H, W)."
-        with torch.autocast(logits.device.type, enabled=False):
-            x, t, valid = _prepare(logits, mask, self.ignore_index)     # (B, 1, H, W) each
-            w = valid * (1 + (self.pos_weight - 1) * t)                 # (B, 1, H, W) 0 ignored, w pet, 1 background
-            loss = F.binary_cross_entropy_with_logits(x, t, reduction='none')  # (B, 1, H, W)
-            return (loss * w).sum() / valid.sum().clamp_min(1)
+        x, t, valid = _prepare(logits, mask, self.ignore_index)     # (B, 1, H, W) each
+        w = valid * (1 + (self.pos_weight - 1) * t)                 # (B, 1, H, W) 0 ignored, w pet, 1 background
+        loss = F.binary_cross_entropy_with_logits(x, t, reduction='none')  # (B, 1, H, W)
+        return (loss * w).sum() / valid.sum().clamp_min(1)
 
 # %% ../nbs/03_losses.ipynb #472a9714
 class BCEDiceLoss(nn.Module):
