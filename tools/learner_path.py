@@ -10,7 +10,7 @@ notebook runner `execnb`, 3. copies the lessons `nbs/NN*_*.ipynb` (00a, 03b, ...
 unset, the settings a learner gets (only `#| cuda` cells skipped, and only without a GPU).
 `UNET_TUTORIAL_DATA` points at `../shared/data/pets128` beside the checkout when it exists; elsewhere the lessons use
 their synthetic fallbacks. 5. checks what a user of the package gets: the wheel holds the reference model, and the
-venv's `unet-predict --help` and `unet-compare --quick` work (`--cli-only`: only steps 1, 2 and 5).
+venv's `unet-predict --help`, `unet-train --help` and `unet-compare --quick` work (`--cli-only`: only steps 1, 2 and 5).
 Prints a PASS/FAIL line per run and the counts; a failure names the lesson and the cell (its first lines and the
 error). Exit status 1 if any run fails.
 """
@@ -66,6 +66,7 @@ def package_checks(wheel, venv, work, env):
             f'{Path(wheel).name} lacks {REFERENCE}: check package_data in settings.ini and MANIFEST.in')]
     bin_, out = Path(venv)/'bin', Path(work)/'quick'
     for label, cmd in (('unet-predict --help', [bin_/'unet-predict', '--help']),
+                       ('unet-train --help', [bin_/'unet-train', '--help']),
                        ('unet-compare --quick', [bin_/'unet-compare', '--quick', '--out', out])):
         try: r = subprocess.run([str(c) for c in cmd], env=env, cwd=work, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e: res.append((label, False, f'{type(e).__name__}: {e}')); continue

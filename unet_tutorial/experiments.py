@@ -66,12 +66,14 @@ def finished(run_dir, epochs:int): # a run's folder; the epochs asked for
 def train_one(cfg:RunConfig, # the run: its experiment, seed and every training setting
               dls, # `DataLoaders` from `get_dls`
               run_dir, # this run's folder: checkpoints, history.json, metrics.json
-              progress:bool=True): # show the trainer's progress bar and table of epochs
+              progress:bool=True, # show the trainer's progress bar and table of epochs
+              init:dict=None): # weights to start from (fine-tuning, e.g. the reference model's `state_dict()`); None: random
     "Train, resume or skip (when finished) one run; return its record."
     exp, run_dir = get_experiment(cfg.experiment), Path(run_dir)
     if rec := finished(run_dir, cfg.epochs): return rec
     torch.manual_seed(cfg.seed)
     model = build_model(exp, width=cfg.width, depth=cfg.depth)
+    if init is not None: model.load_state_dict(init)   # a resumed run then loads its last.pt over these
     pos_weight = pos_weight_from_masks(dls.train_masks) if 'bce' in exp.loss else None
     trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, cfg, out_dir=run_dir, cbs=None if progress else ())
     hist = trainer.fit(resume=True)

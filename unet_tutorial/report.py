@@ -187,6 +187,7 @@ def show_predictions(cmp, # a `Comparison`
                      title:str=None): # the figure's title
     "Test images `idxs`: image, ground truth and each model's prediction with its IoU."
     x, y, logits = predictions(cmp, n)
+    idxs = [i for i in idxs if i < len(x)]   # a small test split may hold fewer images than asked for
     fig, axs = plt.subplots(len(idxs), 2 + len(logits), figsize=(12, 2 * len(idxs) + .4), squeeze=False)
     for row, i in zip(axs, idxs):
         gt = y[i, 0].float().cpu()
