@@ -199,22 +199,50 @@ def read_checkpoint(path # a file written by `atomic_save` or `torch.save`, e.g.
 # %% ../nbs/00_core.ipynb #e72a60d1
 _NO_ANSWER = 'no answer yet: fill in the cell above and run it'
 
+def _short(x, n:int=60) -> str:
+    "`repr(x)` cut to `n` characters, tensors and arrays as their values."
+    if isinstance(x, torch.Tensor): x = x.detach().cpu().tolist()
+    if isinstance(x, np.ndarray): x = x.tolist()
+    r = repr(x); return r if len(r) <= n else r[:n - 3] + '...'
+
+def _numeric(x) -> bool:
+    "A number, tensor, array, or a list/tuple of numbers: compared within a tolerance."
+    if isinstance(x, bool): return False
+    if isinstance(x, (int, float, np.number, torch.Tensor, np.ndarray)): return True
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_numeric(v) and not isinstance(v, (list, tuple)) for v in x)
+
+def _how_it_differs(got, expected, eps) -> str|None:
+    "None when `got` matches `expected`; else what is wrong with `got`, said without giving the expected value away."
+    if _numeric(expected) and not isinstance(expected, int) or isinstance(expected, int) and isinstance(got, float):
+        try: g = torch.as_tensor(np.asarray(got.detach().cpu() if isinstance(got, torch.Tensor) else got, dtype=np.float64))
+        except (TypeError, ValueError): return f'your answer {_short(got)} is not a number, a tensor or an array'
+        e = torch.as_tensor(np.asarray(expected.detach().cpu() if isinstance(expected, torch.Tensor) else expected, dtype=np.float64))
+        if g.shape != e.shape: return f'your answer has shape {tuple(g.shape)}, the expected one {tuple(e.shape)}'
+        off = ~torch.isclose(g, e, rtol=0, atol=eps) & ~(g.isnan() & e.isnan())
+        if not off.any(): return None
+        d = (g - e).abs()[off].max().item()
+        if g.ndim == 0: return f'your answer {g.item():.6g} is off by {d:.3g} (tolerance {eps:g})'
+        return f'your answer {_short(got)} is off at {int(off.sum())} of {off.numel()} values (largest difference {d:.3g})'
+    if got == expected: return None
+    if isinstance(got, (list, tuple)) and isinstance(expected, (list, tuple)):
+        if len(got) != len(expected): return f'your answer has {len(got)} items, the expected one {len(expected)}'
+        i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+        return f'your answer differs first at position {i}, where it has {_short(got[i])}'
+    return f'your answer {_short(got)} is not the expected one'
+
 def check(answer,          # the learner's result, or a function of no argument that computes it
           expected,        # the reference result (a number, tensor, array, or anything `==` compares)
           eps:float=1e-4,  # tolerance for numbers, tensors and arrays
           strict:bool=False # raise an AssertionError instead of printing (what the solutions and tests use)
          ):
-    "Print `correct` when `answer` matches `expected`, else what is wrong; with `strict`, raise instead of printing."
-    from fastcore.test import test_close, test_eq
+    "Print `correct` when `answer` matches `expected`, else what is wrong with it; with `strict`, raise instead of printing."
     try:
         got = answer() if callable(answer) else answer
-        if got is None or got is Ellipsis: raise AssertionError(_NO_ANSWER)
-        if isinstance(expected, (float, torch.Tensor, np.ndarray)): test_close(got, expected, eps)
-        else: test_eq(got, expected)
-    except Exception as e:
-        if 'ellipsis' in str(e).lower(): e = AssertionError(_NO_ANSWER)   # an answer built on an untouched stub
-        msg = (_NO_ANSWER if str(e) == _NO_ANSWER else f'not yet: {e}' if isinstance(e, AssertionError)
-               else f'not yet: {type(e).__name__}: {e}')
-        if strict: raise AssertionError(msg) from e
-        print(msg); return   # nothing to return: a notebook cell shows only the verdict
-    print('correct')
+        if got is None or got is Ellipsis or isinstance(got, (list, tuple)) and Ellipsis in got: msg = _NO_ANSWER
+        else: msg = _how_it_differs(got, expected, eps)
+        msg = msg if msg in (None, _NO_ANSWER) else f'not yet: {msg}'
+    except Exception as e:   # an error in the learner's code; one built on an untouched stub mentions the ellipsis
+        msg = _NO_ANSWER if 'ellipsis' in str(e).lower() else f'not yet: {type(e).__name__}: {e}'
+    if msg is None: print('correct'); return
+    if strict: raise AssertionError(msg)
+    print(msg)   # nothing to return: a notebook cell shows only the verdict
