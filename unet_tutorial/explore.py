@@ -164,7 +164,7 @@ def compare_models(models: dict, # {label: model} with the same stages, e.g. tra
         row[-1].imshow(torch.sigmoid(feats[names[-1]][0, 0]), cmap='gray', vmin=0, vmax=1)
         row[-1].set_title('P(pet)', fontsize=7); row[0].set_ylabel(label)
         for ax in row: ax.set_xticks([]); ax.set_yticks([])
-    fig.suptitle('Mean activation of each stage, same image')
+    fig.suptitle('Mean activation of each stage, same image (each panel on its own colour scale; P(pet) from 0 to 1)')
     fig.supxlabel('stage: encoder (down) → decoder (up) → logits, then the predicted probability')
     fig.tight_layout()
     return fig

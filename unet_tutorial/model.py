@@ -78,7 +78,7 @@ class ExperimentConfig:
     label: str  # for plots and tables, e.g. 'Exp 1: MaxPool + Transpose + BCE'
     down: str   # 'maxpool' or 'strided'
     up: str     # 'transpose' or 'upsample'
-    loss: str   # 'bce' (weighted BCE), 'dice' or 'bce_dice'
+    loss: str   # 'bce' (weighted BCE), 'dice' or 'bce_dice': the losses of lesson 03
     skips: bool = True  # False: the U-Net without its skip connections (the ablation of experiment 5)
 
     def __post_init__(self):
