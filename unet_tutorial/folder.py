@@ -234,12 +234,13 @@ class FolderError(BadInput):
 def train_size(size:int, # the side images are resized to for training
                depth:int=4, # the U-Net's number of halvings
               ) -> int:
-    "`size` if the U-Net of `depth` accepts it (a multiple of 2**depth), else a `BadInput` suggesting the two nearest sizes."
+    "`size` if training at `depth` can use it (a multiple of 2**depth, as `RunConfig` asks), else a `BadInput` suggesting the two nearest sizes."
     m = 2**depth
     if isinstance(size, int) and not isinstance(size, bool) and size >= m and size % m == 0: return size
     lo = max(m, int(size) // m * m) if isinstance(size, (int, float)) else m
-    raise BadInput(f"size {size!r} does not divide by 2**depth = {m}: the U-Net halves the image {depth} times and "
-                   f"doubles it back, so use {lo}{f' or {lo + m}' if lo < size else ''}")
+    raise BadInput(f"size {size!r} does not divide by 2**depth = {m}: the U-Net takes any size, but training resizes every "
+                   f"image to one square side that halves exactly {depth} times (no padding, and the run configuration "
+                   f"refuses other sizes), so use {lo}{f' or {lo + m}' if lo < size else ''}")
 
 # %% ../nbs/09_own_data.ipynb #a0309aef
 @dataclass
@@ -328,6 +329,11 @@ def read_folder(root, # a folder with images/ and masks/, train/ valid/ [test/] 
     if problems or more: raise FolderError(root, problems + more)
     splits, how = _splits(found, valid_pct, test_pct, seed)
     names = {s: [n for n, *_ in ps] for s, ps in splits.items()}
+    if not names['train']:
+        fix = ("mark some rows of the CSV file 'train', or leave out its split column and a seeded split is made"
+               if root.suffix.lower() == '.csv' else "put pairs of images and masks in train/images and train/masks")
+        raise FolderError(root, [f"the training split is empty ({', '.join(f'{len(names[s])} {s}' for s in SPLITS if names[s])}"
+                                 f" and 0 train): {fix}"])
     stacked = {s: _tensors(read, names[s], size, fg, ignore) for s in SPLITS}
     images, masks = {s: t[0] for s, t in stacked.items()}, {s: t[1] for s, t in stacked.items()}
     if not (masks['train'] == 1).any(): raise FolderError(root, ["no mask of the training split marks any foreground"])
