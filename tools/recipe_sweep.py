@@ -3,6 +3,7 @@
     python tools/recipe_sweep.py lrfind --data ../shared/data/pets128 --out results/sweep
     python tools/recipe_sweep.py run NAME [NAME ...] --data ../shared/data/pets128 --out results/sweep [--threads 1]
     python tools/recipe_sweep.py timing --data ../shared/data/pets128 --out results/sweep   # on an otherwise idle machine
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python tools/recipe_sweep.py timing --label avx2   # as an AVX2-only CPU
 
 `timing` trains the CPU preset (Exp 1) for 2 epochs with every core and writes OUT/timing.json: the seconds of an
 epoch (training and validation) once warm, to turn the sweep's images into minutes on this machine when it is idle.
@@ -47,7 +48,7 @@ def lrfind(data, out, threads):
     atomic_save(rec, Path(out)/'lr_find.json')
     print(f"suggestion {rec['suggestion']:.2e} after {len(finder.lrs)} steps, {rec['seconds']:.0f} s")
 
-def timing(data, out, threads):
+def timing(data, out, threads, label=''):
     import os, tempfile, torch
     from unet_tutorial.core import atomic_save, cpu_kind
     with tempfile.TemporaryDirectory() as d:
@@ -59,7 +60,7 @@ def timing(data, out, threads):
     rec = dict(epoch_s=h[-1]['seconds'], images_per_s=h[-1]['images_per_s'], n_train=m['timing']['n_train'],
                test_s=m['timing']['test_s'], hardware=m['timing']['hardware'], precision=m['timing']['precision'],
                command='python tools/recipe_sweep.py timing --data DATA --out OUT')
-    atomic_save(rec, Path(out)/'timing.json')
+    atomic_save(rec, Path(out)/f"timing{'_' + label if label else ''}.json")
     print(f"{rec['hardware']}: {rec['epoch_s']:.1f} s an epoch (train + validation), {rec['images_per_s']:.1f} images/s")
 
 def run(names, data, out, threads):
@@ -77,9 +78,11 @@ if __name__ == '__main__':
     p.add_argument('--data', default='../shared/data/pets128')
     p.add_argument('--out', default='results/sweep')
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--label', default='', help='timing: written to OUT/timing_LABEL.json (e.g. avx2, for a run under\n'
+                   '                   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)')
     a = p.parse_args()
     if a.what == 'lrfind': lrfind(a.data, a.out, a.threads)
-    elif a.what == 'timing': timing(a.data, a.out, a.threads)
+    elif a.what == 'timing': timing(a.data, a.out, a.threads, a.label)
     else:
         if bad := [n for n in a.names if n not in RECIPES]: p.error(f'unknown recipes {bad}: use {", ".join(RECIPES)}')
         run(a.names, a.data, a.out, a.threads)
