@@ -67,7 +67,7 @@ def _data_root(data, download, quick, out):
 # %% ../nbs/08_cli.ipynb #00974014
 def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ and annotations/); default: $UNET_TUTORIAL_DATA, else shared/data/pets128, data/pets128 or data here or in a folder above
             download:bool=False, # download the dataset into the --data folder first (needs the network)
-            quick:bool=False, # embedded synthetic data and the quick preset: the whole comparison in about a minute
+            quick:bool=False, # embedded synthetic data and the quick preset: the whole comparison in one or two minutes
             preset:str=None, # settings to start from: quick, cpu or gpu (default: gpu on a GPU, else cpu)
             experiments:str='1,2,3,4', # experiments to run, keys or names, comma-separated (e.g. 1,3)
             epochs:int=None, # epochs per run (default: the preset's)
