@@ -213,7 +213,8 @@ def _numeric(x) -> bool:
 
 def _how_it_differs(got, expected, eps) -> str|None:
     "None when `got` matches `expected`; else what is wrong with `got`, said without giving the expected value away."
-    if _numeric(expected) and not isinstance(expected, int) or isinstance(expected, int) and isinstance(got, float):
+    exact_int = isinstance(expected, int) and not isinstance(got, float)   # an int answer is compared exactly
+    if _numeric(expected) and not exact_int:
         try: g = torch.as_tensor(np.asarray(got.detach().cpu() if isinstance(got, torch.Tensor) else got, dtype=np.float64))
         except (TypeError, ValueError): return f'your answer {_short(got)} is not a number, a tensor or an array'
         e = torch.as_tensor(np.asarray(expected.detach().cpu() if isinstance(expected, torch.Tensor) else expected, dtype=np.float64))
