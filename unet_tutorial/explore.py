@@ -174,11 +174,11 @@ def mask_alignment(feats: dict, # {stage: (B, C, h, w)} from `feature_maps`
                    masks: torch.Tensor, # the images' masks (B, 1, H, W), 1 = pet
                   ) -> dict:
     "For each stage, the largest |correlation| between one of its channels and the masks, over all images' pixels."
-    m = masks.float().cpu()
+    m = masks.double().cpu()   # float64: a float32 sum over ~10^6 pixels is off by ~1e-4, differently on each CPU kind
     out = {}
     for name, f in feats.items():
         t = F.interpolate(m, size=f.shape[-2:], mode='area').flatten()  # the masks at the stage's size: (B*h*w,)
-        f = f.transpose(0, 1).flatten(1)                                # (C, B*h*w)
+        f = f.detach().cpu().double().transpose(0, 1).flatten(1)        # (C, B*h*w)
         f, t = f - f.mean(1, keepdim=True), t - t.mean()
         corr = (f @ t) / (f.norm(dim=1) * t.norm()).clamp_min(1e-8)     # (C,)
         out[name] = corr.abs().max().item()
