@@ -17,10 +17,10 @@ from .data import find_pets, get_pets
 from .synthetic import make_synthetic_pets
 from .model import EXPERIMENTS, get_experiment
 from .config import QUICK, check_same, data_fingerprint, preset as get_preset, settings_of
-from .core import BadInput, atomic_save, check_writable, get_device
+from .core import BadInput, atomic_save, check_writable, get_device, read_checkpoint
 from .experiments import finished, run_comparison, train_one
 from .report import Comparison, results_table, save_figures, summarize
-from .inference import MAX_SIZE, export_onnx, predict_files
+from .inference import MAX_SIZE, export_onnx, onnx_target, predict_files
 from .reference import reference_checkpoint, reference_model
 from .folder import folder_dls
 
@@ -150,10 +150,18 @@ def segment(images:Param("photos to segment (any size; JPEG, PNG, ...)", str, na
             overwrite:bool=False, # replace mask and overlay files that exist already (default: refuse, writing nothing)
             onnx:str=None): # also write the model to this ONNX file (e.g. model.onnx), checked against PyTorch with onnxruntime; needs pip install unet_tutorial[onnx]
     "Segment the pets in IMAGES with the U-Net in CHECKPOINT (or the reference model), writing a mask and an overlay per image to OUT; --onnx exports the model."
+    for name, v in (('checkpoint', checkpoint), ('onnx', onnx), ('out', out)):
+        if v is not None and not v.strip():   # `--checkpoint "$CKPT"` with CKPT unset: not the reference model in disguise
+            raise BadInput(f"--{name} is empty (an unset shell variable?): give a file" +
+                           (", or leave --checkpoint out to use the reference model" if name == 'checkpoint' else
+                            ", e.g. --onnx model.onnx, or leave --onnx out" if name == 'onnx' else ", e.g. --out predictions"))
     if not images and not onnx: raise BadInput("no images: give the photos to segment (or --onnx FILE to export the model)")
     try:
+        if onnx:   # refused before any work: an existing file, a folder, an input (the checkpoint, a photo) to write over
+            onnx_target(onnx, overwrite, {checkpoint or reference_checkpoint(): 'the checkpoint being exported',
+                                          **{f: 'one of the photos to segment' for f in images}})
         done = predict_files(images, checkpoint, out, threshold, size, device, overwrite=overwrite) if images else ({}, {})
-        if onnx: _export(checkpoint, onnx, size)
+        if onnx: _export(checkpoint, onnx, size, overwrite, images)
         return done
     except BadInput as e:   # messages about a parameter start with its name: say it as the option
         if str(e).startswith(('size ', 'threshold ')): raise BadInput(f'--{e}') from None
@@ -161,11 +169,17 @@ def segment(images:Param("photos to segment (any size; JPEG, PNG, ...)", str, na
 
 def _export(checkpoint, # a checkpoint file, or None for the reference model
             path, # the ONNX file to write
-            size:int=None): # the side it is checked at (default: the checkpoint's)
+            size:int=None, # the side it is checked at (default: the checkpoint's)
+            overwrite:bool=False, # replace `path` if it exists
+            images=()): # the photos segmented: never replaced
     "Export the model of `checkpoint` to `path` with `export_onnx` (checked with onnxruntime), and say so."
-    try: diff = export_onnx(checkpoint or reference_checkpoint(), path, size)
+    ckpt = checkpoint or reference_checkpoint()
+    keep = {f: 'one of the photos to segment' for f in images}
+    try: diff = export_onnx(ckpt, path, size, overwrite=overwrite, keep=keep)
     except ImportError as e: raise BadInput(str(e)) from None   # the `onnx` extra is not installed
-    print(f"wrote {path}: checked with onnxruntime, its probabilities within {diff:.1e} of PyTorch's")
+    trained = read_checkpoint(ckpt).get('size')
+    note = f"; checked at --size {size}, its metadata records the training size {trained}" if size and trained and size != trained else ''
+    print(f"wrote {path}: checked with onnxruntime, its probabilities within {diff:.1e} of PyTorch's{note}")
 
 def unet_predict(argv:list=None): # command-line arguments (default: `sys.argv[1:]`)
     "The `unet-predict` command: parse the options of `segment`, run it, return the exit status."

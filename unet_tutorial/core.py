@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #d5f74eb5
 from __future__ import annotations
-import json, math, os, pickle, random, re, tempfile, warnings, zipfile
+import errno, json, math, os, pickle, random, re, shutil, tempfile, warnings, zipfile
 from pathlib import Path
 
 import numpy as np, torch
@@ -128,38 +128,77 @@ def _cannot_write(path, e):
     return CannotWrite(f"{path}: cannot write it ({why}). Check that its folder is a writable folder with free space, "
                        "or choose another output folder.")
 
+class _Recorder:
+    "A file's `write` that keeps the `OSError` it raised: torch's writer turns it into 'unexpected pos ...'."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e: self.error = e; raise
+    def flush(self): return self.f.flush()
+
+def _write_error(path:Path, e:BaseException, rec:_Recorder):
+    "The `CannotWrite` for an error `e` of writing `path`, or None when `e` is no write error."
+    if isinstance(e, CannotWrite): return None
+    if isinstance(e, OSError): return _cannot_write(path, e)
+    if not isinstance(e, RuntimeError) or not any(s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'write failed')):
+        return None
+    if rec.error is not None: return _cannot_write(path, rec.error)     # the file's own error, e.g. ENOSPC
+    try: full = shutil.disk_usage(path.parent).free < 2**20
+    except OSError: full = False
+    return _cannot_write(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if full else
+                         RuntimeError(f"the write failed, is the disk full? torch: {str(e).split('. ')[-1].strip()}"))
+
 def atomic_save(obj,  # a checkpoint dict (`torch.save`), a str (UTF-8 text) or bytes, or JSON-able data when `path` ends in .json
                 path): # the file to (over)write
-    "Save `obj` to `path` through a temporary file and `os.replace`, so `path` is never half-written; a write error is a `CannotWrite` naming `path`."
+    "Save `obj` to `path` through a temporary file and `os.replace`, so `path` is never half-written; a write error (a full disk, say) is a `CannotWrite` naming `path`."
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     except OSError as e: raise _cannot_write(path, e) from None
+    rec = None
     try:
         with os.fdopen(fd, 'wb') as f:
+            rec = _Recorder(f)
             if isinstance(obj, (str, bytes)): f.write(obj.encode() if isinstance(obj, str) else obj)
             elif path.suffix == '.json': f.write(json.dumps(json_safe(obj), indent=1, allow_nan=False).encode())
-            else: torch.save(obj, f)
+            else: torch.save(obj, rec)
             f.flush(); os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())   # what open() would give; mkstemp makes it 0o600
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, CannotWrite): raise _cannot_write(path, e) from None
-        if isinstance(e, RuntimeError) and 'write failed' in str(e): raise _cannot_write(path, e) from None  # torch's writer
+        if (err := _write_error(path, e, rec or _Recorder(None))) is not None: raise err from None
         raise
 
 _TMP = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # `atomic_save`'s temporary files: .NAME.XXXXXXXX.tmp (mkstemp)
+_PID_TMP = re.compile(r'^\..+\.(\d+)\.tmp$')     # those of `unet-predict` and the ONNX export: .NAME.PID.tmp
 
-def clean_tmp(folder # a folder `atomic_save` writes into, e.g. a run's folder
+def _running(pid:int) -> bool:
+    "Whether a process `pid` is running (or exists, as another user's)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OverflowError, ValueError): return pid > 0
+    return True
+
+def clean_tmp(folder, # a folder `atomic_save` writes into, e.g. a run's folder
+              pid_only:bool=False, # only the `.NAME.PID.tmp` files of processes that are gone (a folder others may write into)
              ) -> list:
-    "Delete the temporary files an interrupted `atomic_save` (say, killed with -9) left in `folder`; returns their paths."
+    "Delete the temporary files an interrupted save (say, killed with -9) left in `folder`; returns their paths."
     folder = Path(folder)
     if not folder.is_dir(): return []
-    gone = [p for p in folder.iterdir() if _TMP.match(p.name) and p.is_file() and not p.is_symlink()]
+    def stale(name):
+        if (m := _PID_TMP.match(name)) and not _running(int(m[1])): return True
+        return not pid_only and _TMP.match(name) and not (m and _running(int(m[1])))
+    try: gone = [p for p in folder.iterdir() if stale(p.name) and p.is_file() and not p.is_symlink()]
+    except OSError: return []
     for p in gone: p.unlink(missing_ok=True)
     return gone
+
+def _loops(path) -> bool:
+    "Whether `path` is, or goes through, a loop of symbolic links."
+    try: os.stat(path); return False
+    except OSError as e: return e.errno == errno.ELOOP
 
 def check_writable(folder, # the folder files will be written into; created (with its parents) when missing
                    what:str='output folder'): # what to call it in the message, e.g. '--out'
@@ -172,7 +211,9 @@ def check_writable(folder, # the folder files will be written into; created (wit
         try: os.write(fd, b'\0' * 4096); os.fsync(fd)
         finally: os.close(fd); os.unlink(probe)
     except OSError as e:
-        why = 'a part of its path is a file, not a folder' if e.errno == 20 and folder.exists() is False else (e.strerror or str(e))
+        if folder.is_symlink() and not folder.exists(): why = f"it is a symbolic link to {os.readlink(folder)}, " + (
+            'a loop of links' if _loops(folder) else 'which does not exist')
+        else: why = 'a part of its path is a file, not a folder' if e.errno == 20 and folder.exists() is False else (e.strerror or str(e))
         raise CannotWrite(f"{folder}: cannot write into this {what} ({why}). Choose a writable folder.") from None
     return folder
 
@@ -186,7 +227,9 @@ def read_checkpoint(path # a file written by `atomic_save` or `torch.save`, e.g.
     if not path.is_file(): raise BadInput(f"{path}: no checkpoint there (no such file); check the path.")
     if path.stat().st_size == 0: raise BadInput(f"{path}: the checkpoint is empty (0 bytes). {_RESTART}")
     try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except (EOFError, RuntimeError, ValueError, IndexError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except PermissionError as e: raise BadInput(f"{path}: cannot read this checkpoint ({e.strerror}); check its permissions.") from None
+    except (EOFError, OSError, RuntimeError, ValueError, IndexError, KeyError, TypeError, OverflowError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as e:   # OSError: [Errno 22] at some lengths of a cut file
         if isinstance(e, pickle.UnpicklingError) and zipfile.is_zipfile(path):   # a whole file, with other objects
             why = 'it holds objects other than tensors and plain Python types, and loading those could run code'
         else:

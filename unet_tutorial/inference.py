@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_SIZE', 'ONNX_PACKAGES', 'to_rgb', 'load_image', 'CheckpointError', 'load_model', 'predict_logits',
            'predict', 'mask_from_logits', 'show_prediction', 'overlay', 'check_size', 'predict_files',
-           'onnx_difference', 'export_onnx']
+           'onnx_difference', 'onnx_target', 'export_onnx']
 
 # %% ../nbs/07_inference.ipynb #b8819a36
 import contextlib, copy, errno, importlib.util, io, os, stat, sys, warnings
@@ -16,7 +16,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision.utils import draw_segmentation_masks
 
-from .core import BadInput, get_device, read_checkpoint
+from .core import BadInput, CannotWrite, _cannot_write, check_writable, clean_tmp, get_device, read_checkpoint
 from .data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .model import UNet
 
@@ -34,15 +34,29 @@ def to_rgb(im: Image.Image, # a PIL image in any mode
 # %% ../nbs/07_inference.ipynb #04868947
 MAX_PIXELS = 100_000_000  # photos with more pixels are refused: their mask and overlay would need gigabytes
 
+def _images_in(folder: Path) -> list:
+    "The files in `folder` whose names PIL reads as images (.jpg, .jfif, .png, .webp, ...), sorted."
+    exts = Image.registered_extensions()
+    try: return sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith('.'))
+    except OSError: return []
+
 def _not_a_file(path: Path, # the file to check
                 inside:str='*.jpg', # what to suggest in a folder instead, e.g. best.pt
                ) -> str|None:
-    "Why `path` is not a regular file we can read without blocking (a folder, a FIFO, a device...), or None."
+    "Why `path` is not a regular file we can read without blocking (a folder, a FIFO, a device, a broken link...), or None."
     try: mode = path.stat().st_mode
-    except FileNotFoundError: return 'there is no such file'
-    except OSError as e: return f'it cannot be accessed ({e.strerror})'
+    except OSError as e:
+        if path.is_symlink():
+            loop = e.errno == errno.ELOOP
+            return f"it is a symbolic link to {os.readlink(path)}, {'a loop of links' if loop else 'which does not exist'}"
+        if e.errno == errno.ELOOP: return 'a folder in its path is a loop of symbolic links'
+        return 'there is no such file' if isinstance(e, FileNotFoundError) else f'it cannot be accessed ({e.strerror})'
     if stat.S_ISREG(mode): return None
-    if stat.S_ISDIR(mode): return f'it is a folder; pass the file(s) in it instead, e.g. {path/inside}'
+    if stat.S_ISDIR(mode):
+        if inside == '*.jpg' and (found := _images_in(path)):
+            return (f"it is a folder (of {len(found)} image(s), e.g. {found[0].name}); pass the files in it instead, "
+                    f"e.g. {path/'*'}")
+        return f'it is a folder; pass the file(s) in it instead, e.g. {path/inside}'
     kind = ('a FIFO (named pipe)' if stat.S_ISFIFO(mode) else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else 'a socket' if stat.S_ISSOCK(mode) else 'not a regular file')
     return f'it is {kind}, not a regular file; save the data to a file and pass that'
@@ -82,12 +96,30 @@ def _mismatch(saved: dict, expected: dict) -> str:
     return '; '.join(f"{len(l)} {what} (e.g. {l[0]})" for l, what in
                      [(missing, 'missing'), (extra, 'unexpected'), (shape, 'of another shape')] if l)
 
+def _not_weights(saved, expected: dict) -> str|None:
+    "Why `saved` is not a state dict of plain tensors of the kinds `expected` has (float weights, integer counters), or None."
+    if not isinstance(saved, dict): return f"its model is a {type(saved).__name__}, not a dict of weights"
+    for k, v in saved.items():
+        if not isinstance(v, torch.Tensor): return f"its model[{k!r}] is a {type(v).__name__}, not a tensor"
+        if v.layout != torch.strided or v.is_quantized: return f"its weight {k} is a {str(v.layout).split('.')[-1]} tensor, not a dense one"
+        want = expected.get(k)
+        if v.is_complex() or want is not None and v.is_floating_point() != want.is_floating_point():
+            return f"its weight {k} is {str(v.dtype).split('.')[-1]}, not {str(want.dtype).split('.')[-1] if want is not None else 'real'}"
+    return None
+
+def _untrained(ckpt: dict) -> bool:
+    "Whether `ckpt` is a `Trainer`'s checkpoint written before its first epoch finished (its weights the random initial ones)."
+    return 'step' in ckpt and 'optimizer' in ckpt and ckpt.get('epoch') == 0
+
 def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `model_config`, e.g. a run's best.pt
                device=None, # where to put the model (default: `default_device()`)
               ) -> tuple:
     "The `UNet` saved in `checkpoint` in eval mode on `device`, and the checkpoint dict; `CheckpointError` if unusable."
+    if checkpoint is None or not str(checkpoint).strip():
+        raise CheckpointError(f"checkpoint {checkpoint!r}: no file named; give the path of a checkpoint file, e.g. best.pt")
     path = Path(checkpoint)
-    if (why := _not_a_file(path, 'best.pt')) and path.exists(): raise CheckpointError(f"checkpoint {path}: {why}")
+    if (why := _not_a_file(path, 'best.pt')) and (path.exists() or path.is_symlink()):
+        raise CheckpointError(f"checkpoint {path}: {why}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning)   # torch's notes on pickle protocols: not the user's business
@@ -95,12 +127,20 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
     except BadInput as e: raise CheckpointError(str(e)) from None
     missing = [k for k in ('model', 'model_config') if ckpt.get(k) is None]
     if missing: raise CheckpointError(f"checkpoint {path} has no {' and no '.join(missing)}: use one the Trainer wrote")
-    cfg = ckpt['model_config']
+    if _untrained(ckpt):
+        raise CheckpointError(f"checkpoint {path} was written before the first epoch of its run finished (epoch 0): its "
+                              "weights are the random initial ones (the run stopped or diverged in its first epoch). Use "
+                              "one written after an epoch, or train again (with a lower learning rate if it diverged)")
+    cfg, size = ckpt['model_config'], ckpt.get('size')
+    if not isinstance(cfg, dict): raise CheckpointError(f"checkpoint {path}: its model_config is a {type(cfg).__name__}, not a dict")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise CheckpointError(f"checkpoint {path}: its training size {size!r} is not a positive whole number")
     try: model = UNet(**cfg)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: bad model_config {cfg}: {e}") from None
-    if diff := _mismatch(ckpt['model'], model.state_dict()):
-        raise CheckpointError(f"checkpoint {path}: weights do not fit UNet(**{cfg}): {diff}")
+    except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:   # the constructor's `BadInput` too
+        raise CheckpointError(f"checkpoint {path}: bad model_config {str(cfg)[:300]}: {e}") from None
+    expected = model.state_dict()
+    if (why := _not_weights(ckpt['model'], expected)) or (why := _mismatch(ckpt['model'], expected)):
+        raise CheckpointError(f"checkpoint {path}: weights do not fit UNet(**{cfg}): {why}")
     if bad := [k for k, v in ckpt['model'].items() if v.is_floating_point() and not torch.isfinite(v).all()]:
         raise CheckpointError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}): "
                               "the training that wrote it diverged; use an earlier checkpoint or retrain with a lower lr")
@@ -220,12 +260,17 @@ def _out_stem(path: Path, used: set) -> str:
     while stem in used: stem, k = f'{path.stem}_{k}', k + 1
     used.add(stem); return stem
 
+def _real(path: Path) -> Path:
+    "`path` with its symbolic links resolved as far as they go (a loop of links is left as it is)."
+    try: return path.resolve()
+    except (OSError, RuntimeError): return Path(os.path.abspath(path))   # RuntimeError: Python < 3.13's 'Symlink loop'
+
 def _plan(images, out: Path, overwrite: bool) -> dict:
     "{image: (mask file, overlay file)} in `out`; `BadInput` if that would replace a photo, or an existing file unless `overwrite`."
     used, plan = set(), {}
     for f in dict.fromkeys(map(Path, images)): stem = _out_stem(f, used); plan[f] = (out/f'{stem}_mask.png', out/f'{stem}_overlay.png')
-    files, photos = [p for pair in plan.values() for p in pair], {f.resolve() for f in plan}
-    if clash := [p for p in files if p.resolve() in photos]:
+    files, photos = [p for pair in plan.values() for p in pair], {_real(f) for f in plan}
+    if clash := [p for p in files if _real(p) in photos]:
         raise BadInput(f"{clash[0]} is one of the photos to segment and would be replaced by an output: choose another --out folder")
     if not overwrite and (there := [p for p in files if p.exists() or p.is_symlink()]):
         more = f' and {len(there) - 3} more' if len(there) > 3 else ''
@@ -233,18 +278,21 @@ def _plan(images, out: Path, overwrite: bool) -> dict:
                        "pass --overwrite (overwrite=True) to replace them, or choose another --out folder")
     return plan
 
+def _publish(tmp: Path, path: Path, overwrite: bool):
+    "Move the finished file `tmp` to `path` in one step; `FileExistsError` if `path` exists (made meanwhile) unless `overwrite`."
+    if overwrite: os.replace(tmp, path); return
+    try: os.link(tmp, path)                     # atomic, and fails if `path` exists
+    except FileExistsError: raise
+    except OSError:                             # a file system without hard links
+        if path.exists() or path.is_symlink(): raise FileExistsError(errno.EEXIST, 'exists', str(path)) from None
+        os.replace(tmp, path)
+
 def _save_png(im: Image.Image, path: Path, overwrite: bool):
-    "Write `im` to `path` as a PNG in one step: never a half-written file, and `FileExistsError` if it exists unless `overwrite`."
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        im.save(tmp, format='PNG')
-        if overwrite: os.replace(tmp, path)
-        else:
-            try: os.link(tmp, path)                     # atomic, and fails if `path` exists
-            except FileExistsError: raise
-            except OSError:                             # a file system without hard links
-                if path.exists(): raise FileExistsError(errno.EEXIST, 'exists', str(path)) from None
-                os.replace(tmp, path)
+    "Write `im` to `path` as a PNG in one step: never a half-written file, `FileExistsError` if it exists unless `overwrite`, `CannotWrite` naming `path`."
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')   # `clean_tmp(out, pid_only=True)` deletes it after a kill -9
+    try: im.save(tmp, format='PNG'); _publish(tmp, path, overwrite)
+    except FileExistsError: raise
+    except OSError as e: raise _cannot_write(path, e) from None   # read-only, full disk: the user's file, not `tmp`
     finally: tmp.unlink(missing_ok=True)
 
 MAX_SIZE = 2048  # the largest training size a prediction (or a comparison) accepts
@@ -273,16 +321,20 @@ def predict_files(images, # image files to segment
     "Segment `images` with the model in `checkpoint`; returns ({image: (mask, overlay)}, {image: error})."
     if not 0 < threshold < 1: raise BadInput(f"threshold must be between 0 and 1, got {threshold}")
     out = Path(out); plan = _plan(images, out, overwrite)
-    if not checkpoint: from unet_tutorial.reference import reference_checkpoint  # lesson 07a; imported here: it imports this module
-    try: model, ckpt = load_model(checkpoint or reference_checkpoint(), get_device(device))
+    if checkpoint is None: from unet_tutorial.reference import reference_checkpoint  # lesson 07a; imported here: it imports this module
+    try: model, ckpt = load_model(reference_checkpoint() if checkpoint is None else checkpoint, get_device(device))
     except CheckpointError as e:   # read_checkpoint's advice (delete a run's checkpoint, rerun) is for training
         msg = str(e).split(" If it is a run's")[0]
         raise CheckpointError(f"{msg} Pass a checkpoint written by training "
                               "(a run's best.pt or last.pt), or none for the reference model") from None
-    size = check_size(ckpt.get('size') or 128 if size is None else size, model.config['depth'])  # no size: before epoch 1
+    trained = ckpt.get('size')                                   # None: a hand-made checkpoint; 128 is assumed
+    size = check_size(trained or 128 if size is None else size, model.config['depth'])
+    if verbose and trained and size != trained:
+        print(f"note: the model was trained at size {trained}, these photos are segmented at {size}: masks are usually "
+              f"best at the training size", file=sys.stderr)
     if verbose and checkpoint is None:
         print(f"model: the course's reference U-Net (test IoU {ckpt['record']['test']['iou']:.3f}); pass a checkpoint of your own to use it")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, '--out'); clean_tmp(out, pid_only=True)   # the temporary files of a run killed with -9
     if verbose: print(f"writing to {out}:")
     written, failed = {}, {}
     for f, files in plan.items():
@@ -292,6 +344,7 @@ def predict_files(images, # image files to segment
             _save_png(Image.fromarray(mask), files[0], overwrite)
             (w, h), im = im.size, overlay(im, mask, inplace=True)
             _save_png(im, files[1], overwrite)
+        except CannotWrite: raise                           # a read-only folder, a full disk: no use going on
         except (ValueError, FileExistsError) as e:
             why = f"{e.filename}: created meanwhile by something else; not replaced" if isinstance(e, FileExistsError) else str(e)
             failed[f] = why; print(f"skipped: {why}", file=sys.stderr); continue
@@ -328,37 +381,64 @@ def onnx_difference(onnx_file, # an .onnx file written by `export_onnx`
     return diff
 
 # %% ../nbs/07_inference.ipynb #8fdff70c
-def _onnx_metadata(path:Path, size:int, step:int):
+def _onnx_metadata(path:Path, size:int, step:int, checked:int):
     "Write into the ONNX file at `path` what its input and output are, for whoever ships it."
     import onnx
     m = onnx.load(str(path))
     onnx.helper.set_model_props(m, dict(
         input=f"image: float32 (B, 3, H, W), RGB scaled to [0, 1], minus mean {IMAGENET_MEAN}, divided by std {IMAGENET_STD}; "
               f"H and W multiples of {step}", output='logits (B, 1, H, W): sigmoid(logits) > 0.5 is foreground',
-        training_size=str(size), source='unet_tutorial'))
+        training_size=str(size), checked_size=str(checked), source='unet_tutorial'))
     onnx.save(m, str(path))
+
+def onnx_target(path, # the .onnx file to write
+                overwrite:bool=True, # replace it if it exists (a file the export reads is never replaced)
+                keep:dict=None, # {file: what it is} that must not be replaced, e.g. {'best.pt': 'the checkpoint being exported'}
+               ) -> Path:
+    "`path` as a `Path` once it is sure it can be written (its folder created); else a `BadInput` naming it and saying what to do."
+    if path is None or not str(path).strip(): raise BadInput(f"onnx file {path!r}: no file named; give the file to write, e.g. model.onnx")
+    path = Path(path)
+    if path.is_dir(): raise BadInput(f"{path}: it is a folder; give the ONNX file to write in it, e.g. {path/'model.onnx'}")
+    if what := next((w for k, w in (keep or {}).items() if _real(Path(k)) == _real(path)), None):
+        raise BadInput(f"{path} is {what} and would be replaced by the ONNX model (nothing was written): choose another "
+                       "file for --onnx, e.g. model.onnx")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise BadInput(f"{path} already exists and would be replaced (nothing was written): pass --overwrite "
+                       "(overwrite=True) to replace it, or choose another file for --onnx")
+    check_writable(path.parent, 'folder of the ONNX file'); clean_tmp(path.parent, pid_only=True)
+    return path
 
 def export_onnx(model, # a `UNet` (or another module returning logits), or a checkpoint file for `load_model`
                 path, # the .onnx file to write; replaced only once the export is checked
-                size:int=None, # the side of the example images (default: the checkpoint's training size, else 128)
+                size:int=None, # the side it is checked at (default: the checkpoint's training size, else 128)
                 atol:float=1e-3, # the largest difference of probabilities accepted between ONNX and PyTorch
+                overwrite:bool=True, # replace `path` if it exists (never the checkpoint exported, nor a file of `keep`)
+                keep:dict=None, # {file: what it is}: other files that must not be replaced (`onnx_target`)
                ) -> float:
     "Write `model` as ONNX (any batch, any height and width divisible by 2**depth), check it with onnxruntime; returns the largest difference of probabilities."
     _onnx_runtime()
-    if isinstance(model, (str, Path)): model, ckpt = load_model(model, 'cpu'); size = size or ckpt.get('size')
+    trained, keep = None, dict(keep or {})
+    if isinstance(model, (str, Path)):
+        keep[model] = 'the checkpoint being exported'
+        onnx_target(path, overwrite, keep)                               # before the checkpoint is even read
+        model, ckpt = load_model(model, 'cpu'); trained = ckpt.get('size')
+    path = onnx_target(path, overwrite, keep)
     model = copy.deepcopy(model).cpu().float().eval()                   # the caller's model stays as and where it is
     depth = getattr(model, 'config', {}).get('depth', 0)
-    size, step, path = check_size(size or 128, depth), 2**depth, Path(path)
+    size, step = check_size(size or trained or 128, depth), 2**depth
+    example = max(size, 2 * step)   # a side of one step would be specialised (h = 1) and the dynamic shapes refused
     tmp, dim = path.with_name(f'.{path.name}.{os.getpid()}.tmp'), torch.export.Dim
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):   # the exporter's progress lines
             warnings.simplefilter('ignore')
-            torch.onnx.export(model, (_sample(2, size, size),), tmp, input_names=['image'], output_names=['logits'],
+            torch.onnx.export(model, (_sample(2, example, example),), tmp, input_names=['image'], output_names=['logits'],
                               dynamo=True, external_data=False,
                               dynamic_shapes=({0: dim('batch'), 2: step * dim('h'), 3: step * dim('w')},))
         if (diff := onnx_difference(tmp, model, size, step)) > atol:
             raise ValueError(f"{path}: not written: the ONNX model's probabilities differ from PyTorch's by up to "
                              f"{diff:.2g}, more than atol={atol:g}; check the versions of torch, onnx and onnxruntime")
-        _onnx_metadata(tmp, size, step); os.replace(tmp, path)
+        _onnx_metadata(tmp, trained or size, step, size); _publish(tmp, path, overwrite)
+    except FileExistsError: raise BadInput(f"{path}: created meanwhile by something else; not replaced") from None
+    except OSError as e: raise _cannot_write(path, e) from None       # a full disk: the user's file, not `tmp`
     finally: tmp.unlink(missing_ok=True)
     return diff

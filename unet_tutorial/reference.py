@@ -6,13 +6,14 @@
 __all__ = ['reference_checkpoint', 'reference_model', 'make_reference']
 
 # %% ../nbs/07a_reference.ipynb #030578bb
-import json
+import io, json
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .inference import CheckpointError, load_model
+from .core import BadInput, atomic_save
+from .inference import CheckpointError, _real, load_model
 
 # %% ../nbs/07a_reference.ipynb #9de39941
 def reference_checkpoint() -> Path:
@@ -33,13 +34,16 @@ def make_reference(run_dir, # a finished run's folder: best.pt and metrics.json
                    out, # the file to write, e.g. `unet_tutorial/weights/pets_reference.pt`
                    command:str='', # the command that trained the run, for the record
                    max_mib:float=4.): # refuse a larger file
-    "Save a run's best model in fp16 with its record, as a small checkpoint that `load_model` reads."
+    "Save a run's best model in fp16 with its record, as a small checkpoint that `load_model` reads; `out` is replaced only by a checked file."
     run_dir, out = Path(run_dir), Path(out)
+    if _real(out) in {_real(run_dir/'best.pt'), _real(run_dir/'metrics.json')}:
+        raise BadInput(f"{out} is a file of the run it packages: choose another --out")
     model, ckpt = load_model(run_dir/'best.pt', 'cpu')
     record = {**json.loads((run_dir/'metrics.json').read_text()), 'command': command, 'source': run_dir.name}
     half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(model=half, model_config=ckpt['model_config'], size=ckpt.get('size'), record=record), out)
-    if (mib := out.stat().st_size / 2**20) > max_mib:
-        out.unlink(); raise ValueError(f"{out}: {mib:.1f} MiB is more than {max_mib} MiB; train a narrower model")
+    buf = io.BytesIO()   # made and measured in memory: the file there (the shipped model, say) is kept when it is too big
+    torch.save(dict(model=half, model_config=ckpt['model_config'], size=ckpt.get('size'), record=record), buf)
+    if (mib := buf.tell() / 2**20) > max_mib:
+        raise ValueError(f"{out}: not written: {mib:.1f} MiB is more than {max_mib} MiB; train a narrower model")
+    atomic_save(buf.getvalue(), out)   # a temporary file, then `os.replace`: never half a reference model
     return out
