@@ -40,3 +40,20 @@ def test_no_dev_only_imports(nb):
     last = cells[-1]
     assert 'nbdev_export(' in last and "if os.path.exists('../settings.ini'):" in last, \
         f"{nb.name}: the last cell must export only inside the project"
+
+@pytest.mark.parametrize('nb', lessons, ids=lambda p: p.name)
+def test_cuda_cells_skip_themselves_on_a_cpu(nb):
+    "Jupyter's Run All ignores `#| cuda`: a GPU-only cell must check `torch.cuda.is_available()` itself."
+    bad = [c.splitlines()[1] if len(c.splitlines()) > 1 else c for c in _code(nb)
+           if c.startswith('#| cuda') and 'torch.cuda.is_available()' not in c]
+    assert not bad, f"{nb.name}: `#| cuda` cells that would stop Run All on a CPU, starting: {bad}"
+
+@pytest.mark.parametrize('nb', lessons, ids=lambda p: p.name)
+def test_guarded_cuda_cells_run_on_a_cpu(nb, capsys):
+    "On a machine without a GPU each guarded cell runs and only says it skipped (its body is never reached)."
+    import torch
+    if torch.cuda.is_available(): pytest.skip('a GPU is present: the cells run for real in the notebook tests')
+    for c in _code(nb):
+        if c.startswith('#| cuda'): exec(compile(c, nb.name, 'exec'), {'torch': torch})
+    out = capsys.readouterr().out
+    assert out.count('No GPU here') == sum(c.startswith('#| cuda') for c in _code(nb)), out
