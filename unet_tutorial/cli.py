@@ -6,7 +6,7 @@
 __all__ = ['SEED_MAX', 'compare', 'unet_compare', 'segment', 'unet_predict', 'train', 'unet_train']
 
 # %% ../nbs/08_cli.ipynb #dff60a69
-import argparse, json, re, shlex, signal, sys
+import argparse, json, re, shlex, signal, sys, warnings
 from pathlib import Path
 
 import torch
@@ -80,7 +80,8 @@ _SHELL = [(re.escape(_HOW), "Add --download to fetch it into the --data folder (
           (r', or pass drop_bad=False', ', or add --keep-bad-trimaps to keep them'),
           (r' with valid_pct=[\d.]+; list more images, or choose a valid_pct that leaves images on both sides', '; list more images'),
           (r'(?<![\w-])(foreground|ignore)=', r'--\1 '),
-          (r'UNet\(\*\*(\{[^}]*\})\)', r'its model_config \1')]
+          (r'UNet\(\*\*(\{[^}]*\})\)', r'its model_config \1'),
+          (r"\bamp=(bf16|fp16)\b", r'--amp \1'), (r"use amp='auto' or 'off'", 'use --amp auto or --amp off')]
 
 def _shell(msg:str) -> str:
     "A library message said for a shell user: the Python calls it suggests become the commands' options."
@@ -164,6 +165,14 @@ def _nan_advice(e: FloatingPointError) -> str:
     return (f"{str(e).split(' Try ')[0]} Try a lower --lr (or --amp off) with another --out folder: the runs of one "
             "folder share their settings")
 
+def _say_warning(prog:str): # the command's name
+    "A `warnings.showwarning` that says this package's warnings as one line in the command's options, and others as usual."
+    default = warnings.showwarning
+    def show(message, category, filename, lineno, file=None, line=None):
+        if 'unet_tutorial' not in str(filename): return default(message, category, filename, lineno, file, line)
+        print(f"{prog}: warning: {_shell(str(message))}", file=sys.stderr)
+    return show
+
 def _main(func, # a command as a function: `compare`, `train`
           prog:str, # the command's name, for its messages
           argv:list=None): # command-line arguments (default: `sys.argv[1:]`)
@@ -171,7 +180,10 @@ def _main(func, # a command as a function: `compare`, `train`
     args = vars(_parser(func, prog).parse_args(argv))
     old, how = signal.signal(signal.SIGTERM, _interrupt), Trainer.how_to_resume
     Trainer.how_to_resume = 'the same command again'   # not `fit(..., resume=True)`: a shell user has no Trainer
-    try: func(**args); return 0
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _say_warning(prog); func(**args)
+        return 0
     except BadInput as e: print(f"{prog}: error: {_shell(str(e))}", file=sys.stderr); return 2
     except FloatingPointError as e:  # the trainer's NaN guard: the last good checkpoint is kept
         print(f"{prog}: error: {_shell(_nan_advice(e))}", file=sys.stderr); return 1
