@@ -203,8 +203,8 @@ def test_output_folder_problems(tmp_path, case):
     elif case == 'out under a file':
         (tmp_path/'f').write_text('x'); out = tmp_path/'f'/'out'; want = f'{out}: cannot write into this'
     elif case == 'out read-only': out.mkdir(); out.chmod(0o555); want = f'{out}: cannot write into this'
-    else:   # the folder is fine, a run's folder is not: the write error later names the file
-        out.mkdir(); (out/'maxpool_transpose_bce').write_text('x')
+    else:   # the folder is fine (a run folder: an earlier settings.json, no finished epoch), a run's folder is not
+        out.mkdir(); (out/'settings.json').write_text('{}'); (out/'maxpool_transpose_bce').write_text('x')
         want = f"{out/'maxpool_transpose_bce'/'seed0'/'last.pt'}: cannot write it"
     try: r = compare(tmp_path, '--data', pets, '--out', out, '--experiments', '1', '--epochs', '1', *TINY)
     finally:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
 from .data import BORDERS   # what a trimap's border pixels become (lesson 00)
+from .model import MAX_DEPTH, MAX_WIDTH   # the largest U-Net lesson 02 builds
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'RunConfig', 'sched_factor',
@@ -43,6 +44,9 @@ class RunConfig:
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f'RunConfig: {k} must be an integer of at least {lo} (got {v!r})')
+        for k, hi in (('width', MAX_WIDTH), ('depth', MAX_DEPTH)):   # before 2**depth is computed or a U-Net is built
+            if getattr(self, k) > hi:
+                raise ValueError(f'RunConfig: {k} must be at most {hi} (got {getattr(self, k)}); the presets use widths of 8 to 64 and a depth of 4')
         if self.size % 2**self.depth:
             raise ValueError(f'RunConfig: size {self.size} does not divide by 2**depth = {2**self.depth}; '
                              f'use a multiple of {2**self.depth}, e.g. {self.size // 2**self.depth * 2**self.depth or 2**self.depth}')
@@ -50,9 +54,15 @@ class RunConfig:
         for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
             if getattr(self, k) not in ok: raise ValueError(f'RunConfig: {k}={getattr(self, k)!r} is not one of {ok}')
         if self.limit is not None and self.limit < 1: raise ValueError(f'RunConfig: limit must be at least 1 or None')
+        if self.size == 2**self.depth and (self.batch_size == 1 or self.limit == 1):   # BatchNorm needs 2 values a channel
+            one = 'batch_size 1' if self.batch_size == 1 else 'limit 1'
+            raise ValueError(f'RunConfig: size {self.size} with depth {self.depth} leaves a 1×1 bottleneck, where BatchNorm cannot '
+                             f'train on a batch of one image ({one}): use a size of {2 * self.size} or more (a 2×2 bottleneck), '
+                             f"or {'a batch_size of 2 or more' if self.batch_size == 1 else 'a limit of 2 or more'}")
         if not isinstance(self.drop_bad_trimaps, bool):
             raise ValueError(f'RunConfig: drop_bad_trimaps must be True or False (got {self.drop_bad_trimaps!r})')
-        if self.seed < 0: raise ValueError(f'RunConfig: seed must be 0 or more (got {self.seed})')
+        if not 0 <= self.seed < 2**32:   # NumPy's limit (`set_seed` seeds NumPy too)
+            raise ValueError(f'RunConfig: seed must be from 0 to {2**32 - 1} (2**32 - 1) (got {self.seed})')
 
     def replace(self, **kw) -> RunConfig:
         "A copy with the fields in `kw` changed (and checked)."

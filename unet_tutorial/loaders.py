@@ -41,7 +41,7 @@ def load_cached(root, # a folder holding `oxford-iiit-pet/`
     base, keys = check_pets_root(root)/'oxford-iiit-pet', sorted(set(names))   # one cache whatever the order
     fn = _cache_file(base, keys, size, cache)
     d = _load_cache(fn, keys, size) if fn.exists() else None
-    if d is None: _build_cache(base, keys, size, fn); d = torch.load(fn, mmap=True, weights_only=True)   # mmap: read only what is used
+    if d is None: d = _build_cache(base, keys, size, fn)
     pos = {n: i for i, n in enumerate(keys)}
     idx = torch.tensor([pos[n] for n in names], dtype=torch.long)
     return d['images'][idx], d['trimaps'][idx]
@@ -61,18 +61,31 @@ def _load_cache(fn, names, size):
     print(f'unet_tutorial: the tensor cache {fn} is unusable ({why}); rebuilding it from the image files', file=sys.stderr)
     return None
 
+_UNWRITABLE = set()   # cache folders already said to be unwritable: one notice each
+
 def _build_cache(base, names, size, fn):
+    "Decode `names` and save them to the cache file `fn`; returns them (memory-mapped from `fn`, or in memory if it cannot be written)"
     imgs, tris, errs = np.empty((len(names), size, size, 3), np.uint8), np.empty((len(names), size, size), np.uint8), []
     for i, n in enumerate(names):
         try: imgs[i], tris[i] = _read_pair(base, n, size)
         except ValueError as e: errs.append(str(e))
     _report(errs, len(names), base)                                     # never a silently misaligned mask
     images, trimaps = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(tris)
-    fn.parent.mkdir(parents=True, exist_ok=True)
-    for old in fn.parent.glob(fn.name.rsplit('_', 1)[0] + '_*.pt'): old.unlink(missing_ok=True)   # stale versions
-    tmp = fn.with_suffix(f'.tmp{os.getpid()}')
-    try: torch.save({'names': list(names), 'images': images, 'trimaps': trimaps}, tmp); os.replace(tmp, fn)   # atomic
-    finally: tmp.unlink(missing_ok=True)                                # a failed write leaves no partial file
+    d, tmp = {'names': list(names), 'images': images, 'trimaps': trimaps}, fn.with_suffix(f'.tmp{os.getpid()}')
+    try:
+        fn.parent.mkdir(parents=True, exist_ok=True)
+        for old in fn.parent.glob(fn.name.rsplit('_', 1)[0] + '_*.pt'): old.unlink(missing_ok=True)   # stale versions
+        try: torch.save(d, tmp); os.replace(tmp, fn)                    # atomic
+        finally: tmp.unlink(missing_ok=True)                            # a failed write leaves no partial file
+    except (OSError, RuntimeError) as e:   # a read-only or full cache folder: decode into memory instead, every time
+        if isinstance(e, RuntimeError) and not any(s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'write')): raise
+        if fn.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(fn.parent)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:80]
+            print(f'unet_tutorial: cannot write the tensor cache in {fn.parent} ({why}); decoding the images into memory '
+                  'instead, at every run. Set UNET_TUTORIAL_CACHE to a writable folder to cache them.', file=sys.stderr)
+        return d
+    return torch.load(fn, mmap=True, weights_only=True)                # mmap: read only what is used
 
 # %% ../nbs/00b_loaders.ipynb #4ea62c64
 MIN_PET = 0.005   # pet fraction under which a trimap is a failed annotation: on the real data 0% (failures), then 1.2% and up

@@ -278,11 +278,13 @@ def _checkpoint(self:Trainer, row):
     self.save('last')
     if self.out_dir is not None: atomic_save(self.history, self.out_dir/'history.json')
 
+Trainer.how_to_resume = 'fit({epochs}, resume=True)'   # what continues a run; the commands say 'the same command again'
+
 @patch
 def _report_stop(self:Trainer):
     "Record why `fit` stopped early and say how to continue."
     self.stopped = self.stop_requested or 'KeyboardInterrupt'
-    how = (f' {self.out_dir/"last.pt"} holds epoch {self.epoch}; fit({self.epochs}, resume=True) continues the run.'
+    how = (f' {self.out_dir/"last.pt"} holds epoch {self.epoch}; {self.how_to_resume.format(epochs=self.epochs)} continues the run.'
            if self.out_dir is not None else '')
     print(f'Stopped ({self.stopped}) with {self.epoch} of {self.epochs} epochs done.{how}')
 
