@@ -192,12 +192,14 @@ def test_pipes_folders_and_links_are_named(pets):
     (pets/'masks'/'pet_001.png').unlink(); (pets/'masks'/'pet_001.png').mkdir()
     (pets/'images'/'pet_002.jpg').unlink(); os.symlink(pets/'nowhere.jpg', pets/'images'/'pet_002.jpg')
     (pets/'masks'/'pet_003.png').unlink(); os.symlink('/dev/null', pets/'masks'/'pet_003.png')
+    (pets/'images'/'extra.png').mkdir()   # a folder named like an image, with no mask
     with deadline(), pytest.raises(FolderError) as e: read_folder(pets, size=S)
     msg = str(e.value)
     assert 'images/pet_000.jpg: a named pipe' in msg, msg
     assert 'masks/pet_001.png: a folder' in msg, msg
     assert f"images/pet_002.jpg: a symbolic link to {pets/'nowhere.jpg'}, which does not exist" in msg, msg
     assert 'masks/pet_003.png: a device' in msg, msg
+    assert 'images/extra.png: a folder, not a file' in msg, msg
     assert 'without an image' not in msg and 'no mask' not in msg, msg
     (pets/'pairs.csv').write_text('image,mask\nimages/pet_000.jpg,masks/pet_004.png\nimages/pet_005.jpg,masks/pet_005.png\n')
     with deadline(), pytest.raises(FolderError) as e: read_folder(pets/'pairs.csv', size=S)

@@ -82,13 +82,13 @@ def pair_folder(folder, # a folder holding images/ and masks/
     pairs, used = [], set()
     for stem, (img, *_) in ims.items():
         m = next((stem + s for s in MASK_SUFFIXES if stem + s in mks), None)
-        if m is None:
-            problems.append(f"{r(img)}: no mask (expected {r(folder/'masks'/stem)}.png, another image type, or {stem}_mask.png)"); continue
-        used.add(m)
-        odd = [f"{r(p)}: {why}; put the {what} file itself there" for p, what in ((img, 'image'), (mks[m][0], 'mask'))
-               if (why := _not_file(p))]
+        if m is not None: used.add(m)
+        mask = None if m is None else mks[m][0]
+        odd = [f"{r(p)}: {why}; put the {what} file itself there" for p, what in ((img, 'image'), (mask, 'mask'))
+               if p is not None and (why := _not_file(p))]   # a pipe, a folder, a broken link...: named, never opened
         if odd: problems += odd
-        else: pairs.append((stem, img, mks[m][0]))
+        elif m is None: problems.append(f"{r(img)}: no mask (expected {r(folder/'masks'/stem)}.png, another image type, or {stem}_mask.png)")
+        else: pairs.append((stem, img, mask))
     problems += [f"{r(fs[0])}: a mask without an image (no {r(folder/'images'/s)}.*)" for s, fs in mks.items() if s not in used]
     return pairs, problems
 
@@ -123,12 +123,13 @@ def _csv_pairs(csv_file:Path) -> tuple[dict, list, str]:
         odd = [f"{name} line {i}: {_rel(p, base)}: {why}" for p in (img, mask) if (why := _not_file(p))]
         if odd: problems += odd; continue
         if (key := img.resolve()) in seen:   # the same image, however its path is spelt
-            j, m, s = seen[key]
-            problems.append(f"{name} line {i}: " + (f"repeats line {j}: delete one of them" if (m, s) == (mask.resolve(), split) else
-                f"{cell['image']} has another mask on line {j}: an image has one mask, keep the line with the right one ({cell['mask']} here)"
-                if m != mask.resolve() else f"{cell['image']} is in the {s} split on line {j}, and in {split} here: an image is in "
-                "one split, keep one of the lines")); continue
-        seen[key] = (i, mask.resolve(), split)
+            j, m, s, m_as = seen[key]
+            why = (f"repeats line {j}: delete one of them" if (m, s) == (mask.resolve(), split) else
+                   f"{cell['image']} has the mask {m_as} on line {j} and {cell['mask']} here: an image has one mask, keep the "
+                   "line with the right one" if m != mask.resolve() else
+                   f"{cell['image']} is in the {s} split on line {j} and in {split} here: an image is in one split, keep one line")
+            problems.append(f"{name} line {i}: {why}"); continue
+        seen[key] = (i, mask.resolve(), split, cell['mask'])
         pairs.setdefault(split, []).append((_rel(img, base), img, mask))
     if 'all' in pairs and len(pairs) > 1: problems.append(f"{name}: give every row a split, or none")
     return pairs, problems, f"the pairs listed in {name}"
