@@ -69,7 +69,7 @@ def _colour(m, stem):
 CONVENTIONS = {   # name: (write a 0/1 mask in this convention, what read_folder must say)
     '0/1': (lambda m, s: Image.fromarray(m).save(f'{s}.png'), 'masks use 0/1: treating 1 as foreground'),
     '0/255': (lambda m, s: Image.fromarray(m * 255).save(f'{s}.png'), 'masks use 0/255: treating 255 as foreground'),
-    'palette': (_palette, 'palette masks use the indices 0/1: treating index 1 as foreground'),
+    'palette': (_palette, 'masks use the colours #000000/#ff006e: treating #ff006e as foreground'),   # read by its colours
     'two other values': (lambda m, s: Image.fromarray(np.where(m == 1, 200, 40).astype(np.uint8)).save(f'{s}.png'),
                          'masks use 40/200: treating 200 as foreground'),
     '16-bit mask': (lambda m, s: Image.fromarray(m.astype(np.uint16) * 65535).save(f'{s}.png'),

@@ -372,7 +372,7 @@ def _train_folder(cfg, exp, data, out:Path, dev, init, **split):
     dls = folder_dls(data, cfg.batch_size, dev, cfg.augment, size=cfg.size, depth=cfg.depth, **split)
     _check_batches(cfg, dls.train.n)   # before `out` is locked to these settings
     print(dls.data)
-    settings = dict(settings_of(cfg, data_fingerprint(dls.data.names), Path(data).resolve().name),
+    settings = dict(settings_of(cfg, data_fingerprint(dls.data.names, dls.data.digests), Path(data).resolve().name),
                     finetune=init is not None, **{k: None if split[k] is None else str(split[k]) for k in ('ignore', 'foreground')})
     _check_run(out, settings)
     run_dir = out/exp.name/f"seed{cfg.seed}"

@@ -12,8 +12,8 @@ from .data import BORDERS   # what a trimap's border pixels become (lesson 00)
 from .model import MAX_DEPTH, MAX_WIDTH   # the largest U-Net lesson 02 builds
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'RunConfig', 'sched_factor',
-           'preset', 'to_json', 'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
+__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'DATA_CHANGES', 'RunConfig',
+           'sched_factor', 'preset', 'to_json', 'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
 
 # %% ../nbs/03a_config.ipynb #ff002fcb
 SCHEDULES = (None, 'cosine', 'onecycle')     # learning-rate schedules of the trainer (lesson 04)
@@ -114,17 +114,32 @@ def shared_fields(cfg:RunConfig) -> dict:
     "The fields that every run of one comparison folder must share."
     return {k: v for k, v in asdict(cfg).items() if k not in RUN_FIELDS}
 
-def data_fingerprint(splits:dict # {'train': names, 'valid': names, 'test': names}
+def _hash(text:str) -> str: return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+def data_fingerprint(splits:dict, # {'train': names, 'valid': names, 'test': names}
+                     contents:dict=None, # {name: a digest of its files' bytes}, or None: the split alone
                     ) -> str:
-    "A short hash of the image names in each split: the same splits give the same fingerprint on any machine."
-    text = '\n'.join(f"{k}:{','.join(sorted(splits[k]))}" for k in sorted(splits))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    "A short hash of the image names in each split, the same on any machine; with `contents`, 'split:… names:… contents:…'."
+    split = _hash('\n'.join(f"{k}:{','.join(sorted(splits[k]))}" for k in sorted(splits)))
+    if contents is None: return split
+    names = sorted(n for ns in splits.values() for n in ns)
+    return (f"split:{split} names:{_hash(','.join(names))} "
+            f"contents:{_hash(chr(10).join(f'{n}:{contents[n]}' for n in names))}")
 
 def settings_of(cfg:RunConfig, fingerprint:str, data_name:str='') -> dict:
     "What `settings.json` holds: the shared fields, the data's fingerprint and its folder's name (for people)."
     return dict(config=shared_fields(cfg), data_fingerprint=fingerprint, data=data_name)
 
 # %% ../nbs/03a_config.ipynb #223fdc4c
+DATA_CHANGES = dict(   # the parts of a data fingerprint, and what a change of each means
+    names='another dataset: files added, removed or renamed',
+    contents='the same file names with other contents: images or masks were edited, relabelled or replaced',
+    split='the same files split another way: --valid-pct, --test-pct or --split-seed changed')
+
+def _parts(fp:str) -> dict:
+    "{'split': ..., 'names': ..., 'contents': ...} of a `data_fingerprint`; {'split': fp} for the split alone."
+    return dict(p.split(':', 1) for p in fp.split()) if ':' in fp else {'split': fp}
+
 def check_same(old:dict, # a folder's saved settings (`settings_of`), or the flat form of versions before 0.2
                new:dict  # the settings of the runs about to start
               ) -> list[str]:
@@ -137,6 +152,11 @@ def check_same(old:dict, # a folder's saved settings (`settings_of`), or the fla
     diff = [f"{k}: {old['config'].get(k, defaults[k])!r} there, {v!r} now" for k, v in new['config'].items()
             if k not in free and old['config'].get(k, defaults[k]) != v]
     if old.get('data_fingerprint') not in (None, new['data_fingerprint']):
-        diff.append(f"data: another dataset (split fingerprint {old['data_fingerprint']} there, "
-                    f"{new['data_fingerprint']} now)")
+        a, b = _parts(old['data_fingerprint']), _parts(new['data_fingerprint'])
+        if len(a) == 1 or len(b) == 1:   # the split alone on one side (the pets' form): equal splits are the same data
+            if a['split'] != b['split']:
+                diff.append(f"data: another dataset (split fingerprint {a['split']} there, {b['split']} now)")
+        else:
+            k = next(k for k in DATA_CHANGES if a.get(k) != b.get(k))   # the first that differs says what changed
+            diff.append(f"data: {DATA_CHANGES[k]} ({k} fingerprint {a.get(k)} there, {b.get(k)} now)")
     return diff

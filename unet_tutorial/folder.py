@@ -4,8 +4,9 @@
 
 # %% ../nbs/09_own_data.ipynb #d34b7a9e
 from __future__ import annotations
-import csv, random
+import csv, errno, hashlib, io, os, random, stat, warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .core import BadInput, IGNORE_INDEX, get_device
 from .synthetic import _synth_arrays
 from .loaders import DataLoaders, TensorLoader
 from .losses import pos_weight_from_masks
-from .inference import load_image
+from .inference import MAX_PIXELS, load_image
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'MASK_SUFFIXES', 'SPLITS', 'make_synthetic_folder', 'pair_folder', 'find_pairs', 'split_pairs',
@@ -40,16 +41,27 @@ def make_synthetic_folder(root, # the folder to write images/ and masks/ into
     return root
 
 # %% ../nbs/09_own_data.ipynb #3a2bff9e
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')  # any case
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.jfif', '.bmp', '.gif', '.tif', '.tiff', '.webp')  # any case
 MASK_SUFFIXES = ('', '_mask')   # images/cat.jpg pairs with masks/cat.png (any type) or masks/cat_mask.png
 SPLITS = ('train', 'valid', 'test')
 
 def _files(folder:Path) -> dict:
-    "{stem: [files]} of the image files in `folder` (hidden files left out)."
+    "{stem: [files]} of the image files in `folder` (hidden files left out); pipes, folders, links... named so are kept, for `_not_file`."
     found = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTS: found.setdefault(p.stem, []).append(p)
+        if not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTS: found.setdefault(p.stem, []).append(p)
     return found
+
+def _not_file(p:Path) -> str|None:
+    "What `p` is when it is not a file to read (a folder, a named pipe, a broken link...), or None; it is never opened (a pipe would block)."
+    try: mode = p.stat().st_mode
+    except OSError as e:
+        if p.is_symlink():
+            return f"a symbolic link to {os.readlink(p)}, {'a loop of links' if e.errno == errno.ELOOP else 'which does not exist'}"
+        return 'no such file' if isinstance(e, FileNotFoundError) else f'cannot be read ({e.strerror})'
+    if stat.S_ISREG(mode): return None
+    return ('a folder' if stat.S_ISDIR(mode) else 'a named pipe (FIFO)' if stat.S_ISFIFO(mode) else
+            'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'a socket' if stat.S_ISSOCK(mode) else 'a special file') + ', not a file'
 
 def _rel(p, root) -> str:
     "`p` relative to `root` when it is inside it: how the messages name files."
@@ -70,43 +82,78 @@ def pair_folder(folder, # a folder holding images/ and masks/
     pairs, used = [], set()
     for stem, (img, *_) in ims.items():
         m = next((stem + s for s in MASK_SUFFIXES if stem + s in mks), None)
-        if m is None:
-            problems.append(f"{r(img)}: no mask (expected {r(folder/'masks'/stem)}.png, another image type, or {stem}_mask.png)")
-        else: used.add(m); pairs.append((stem, img, mks[m][0]))
+        if m is not None: used.add(m)
+        mask = None if m is None else mks[m][0]
+        odd = [f"{r(p)}: {why}; put the {what} file itself there" for p, what in ((img, 'image'), (mask, 'mask'))
+               if p is not None and (why := _not_file(p))]   # a pipe, a folder, a broken link...: named, never opened
+        if odd: problems += odd
+        elif m is None: problems.append(f"{r(img)}: no mask (expected {r(folder/'masks'/stem)}.png, another image type, or {stem}_mask.png)")
+        else: pairs.append((stem, img, mask))
     problems += [f"{r(fs[0])}: a mask without an image (no {r(folder/'images'/s)}.*)" for s, fs in mks.items() if s not in used]
     return pairs, problems
 
 # %% ../nbs/09_own_data.ipynb #b63aab7f
+def _csv_rows(csv_file:Path) -> list:
+    "[(line number, row)] of a CSV file with a header line holding image and mask; a `BadInput` saying what to do otherwise."
+    data = csv_file.read_bytes()
+    try: text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b'\n') + 1
+        raise BadInput(f"{csv_file}: line {line} is not UTF-8 text: save the file as UTF-8 "
+                       "(in a spreadsheet: CSV UTF-8)") from None
+    reader = csv.DictReader(io.StringIO(text, newline=''), skipinitialspace=True)
+    try: rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as e: raise BadInput(f"{csv_file} line {reader.line_num}: not CSV ({e}): write one pair per line, image,mask") from None
+    if not {'image', 'mask'} <= set(reader.fieldnames or ()):
+        raise BadInput(f"{csv_file}: {'the file is empty' if reader.fieldnames is None else 'no columns image and mask'}: it needs "
+                       "a header line with the columns image,mask (and optionally split), then one line per pair")
+    return rows
+
 def _csv_pairs(csv_file:Path) -> tuple[dict, list, str]:
     "Pairs by split from a CSV file with columns image, mask and optionally split; paths are relative to its folder."
-    base, pairs, problems = csv_file.parent, {}, []
-    with open(csv_file, newline='', encoding='utf-8-sig') as f:
-        reader = csv.DictReader(f, skipinitialspace=True); rows = list(reader)
-    if not {'image', 'mask'} <= set(reader.fieldnames or ()):
-        raise BadInput(f"{csv_file}: needs a header line with the columns image,mask (and optionally split)")
-    for i, row in enumerate(rows, 2):   # line 1 is the header
-        img, mask, split = base/row['image'].strip(), base/row['mask'].strip(), (row.get('split') or 'all').strip().lower()
+    base, pairs, problems, seen, name = csv_file.parent, {}, [], {}, csv_file.name
+    for i, row in _csv_rows(csv_file):
+        cell = {k: (row.get(k) or '').strip() for k in ('image', 'mask', 'split')}
+        if not (cell['image'] and cell['mask']):
+            problems.append(f"{name} line {i}: no {'mask' if cell['image'] else 'image'}: give each line an image and its mask"); continue
+        img, mask, split = base/cell['image'], base/cell['mask'], (cell['split'] or 'all').lower()
         split = 'valid' if split == 'val' else split
         if split not in ('all', *SPLITS):
-            problems.append(f"{csv_file.name} line {i}: split {split!r} is not train, valid or test"); continue
-        gone = [p for p in (img, mask) if not p.is_file()]
-        if gone: problems += [f"{csv_file.name} line {i}: {_rel(p, base)}: no such file" for p in gone]; continue
+            problems.append(f"{name} line {i}: split {split!r} is not train, valid or test"); continue
+        odd = [f"{name} line {i}: {_rel(p, base)}: {why}" for p in (img, mask) if (why := _not_file(p))]
+        if odd: problems += odd; continue
+        if (key := img.resolve()) in seen:   # the same image, however its path is spelt
+            j, m, s, m_as = seen[key]
+            why = (f"repeats line {j}: delete one of them" if (m, s) == (mask.resolve(), split) else
+                   f"{cell['image']} has the mask {m_as} on line {j} and {cell['mask']} here: an image has one mask, keep the "
+                   "line with the right one" if m != mask.resolve() else
+                   f"{cell['image']} is in the {s} split on line {j} and in {split} here: an image is in one split, keep one line")
+            problems.append(f"{name} line {i}: {why}"); continue
+        seen[key] = (i, mask.resolve(), split, cell['mask'])
         pairs.setdefault(split, []).append((_rel(img, base), img, mask))
-    if 'all' in pairs and len(pairs) > 1: problems.append(f"{csv_file.name}: give every row a split, or none")
-    return pairs, problems, f"the pairs listed in {csv_file.name}"
+    if 'all' in pairs and len(pairs) > 1: problems.append(f"{name}: give every row a split, or none")
+    return pairs, problems, f"the pairs listed in {name}"
 
 # %% ../nbs/09_own_data.ipynb #3c4479ac
 def find_pairs(root, # a folder with images/ and masks/, one with train/ valid/ test/ folders holding them, or a CSV file
               ) -> tuple[dict, list, str]:
     "The pairs of `root` by split ({'all': pairs} when it is not split), every problem found, and its layout in words."
     root = Path(root)
-    if root.suffix.lower() == '.csv' and root.is_file(): return _csv_pairs(root)
+    if root.suffix.lower() == '.csv' and root.exists():
+        if why := _not_file(root): raise BadInput(f"{root}: {why}: give a CSV file of image,mask pairs")
+        return _csv_pairs(root)
     if not root.is_dir(): raise BadInput(f"{root}: no such folder (or CSV file)")
     subs = {s: root/d for s in SPLITS for d in ((s, 'val') if s == 'valid' else (s,)) if (root/d/'images').is_dir()}
     if 'train' in subs:
         found, problems = {}, []
+        if all((root/d/'images').is_dir() for d in ('valid', 'val')):
+            problems.append("valid/ and val/: both hold images/, and one folder is the validation split: keep one (move the pairs "
+                            "of the other into it)")
         for s, d in subs.items():
             pairs, p = pair_folder(d, root); problems += p
+            if s != 'train' and not pairs and not p:
+                problems.append(f"{d.name}/ holds no pairs: put some in {d.name}/images and {d.name}/masks, or remove {d.name}/"
+                                + (" to split the validation pairs from train/" if s == 'valid' else ' (no test split)'))
             found[s] = [(f'{d.name}/{n}', img, m) for n, img, m in pairs]   # train/cat and valid/cat are two images
         return found, problems, f"the split folders {', '.join(_rel(d, root) + '/' for d in subs.values())}"
     if (root/'images').is_dir(): pairs, problems = pair_folder(root); return {'all': pairs}, problems, 'images/ and masks/'
@@ -130,23 +177,42 @@ def split_pairs(pairs, # [(name, image, mask)]
     return dict(train=sorted(items[nv + nt:]), valid=sorted(items[:nv]), test=sorted(items[nv:nv + nt]))
 
 # %% ../nbs/09_own_data.ipynb #2e55ddd0
+class _TooBig(ValueError): "An image or mask of more than `MAX_PIXELS` pixels; its size as the message, e.g. '20000×20000'."
+
+@contextmanager
+def _open(path):
+    "`Image.open(path)`, refused (`_TooBig`) above `MAX_PIXELS` pixels from its header, before anything is decoded; no PIL warning."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # the cap below says it in our words
+        cap, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None        # PIL's own guard would raise without the size
+        try: im = Image.open(path)
+        finally: Image.MAX_IMAGE_PIXELS = cap
+        with im:
+            if im.width * im.height > MAX_PIXELS: raise _TooBig(f'{im.width}×{im.height}')
+            yield im
+
 def read_mask(path, # a mask file: PNG (greyscale, palette, colour, 16-bit), TIFF, BMP, ...
              ) -> tuple[np.ndarray, str]:
-    "The mask in `path` upright (EXIF applied), as an (H, W) array of its raw values, and its kind: 'grey', 'palette', 'colour' or '16-bit'."
-    with Image.open(path) as im:
+    "The mask in `path` upright (EXIF applied), as an (H, W) array of its raw values, and its kind: 'grey', 'colour' or '16-bit'."
+    with _open(path) as im:
         im.load()
         if im.getexif().get(0x0112, 1) != 1: im = ImageOps.exif_transpose(im)
-        if im.mode in ('RGBA', 'LA', 'PA'):   # transparent pixels are background: laid on black
+        if im.mode in ('RGBA', 'LA', 'PA') or im.mode == 'P' and 'transparency' in im.info:   # transparent: background, laid on black
             im = Image.alpha_composite(Image.new('RGBA', im.size, 'black'), im.convert('RGBA'))
-        if im.mode == 'P': return np.asarray(im), 'palette'                      # the palette's indices, not its colours
         if im.mode in ('L', '1'): return np.asarray(im, np.uint8), 'grey'
         if im.mode.startswith('I') or im.mode == 'F': return np.asarray(im), '16-bit'
-        rgb = np.asarray(im.convert('RGB')).astype(np.int64)                     # (H, W, 3)
+        rgb = np.asarray(im.convert('RGB')).astype(np.int64)                     # (H, W, 3); a palette mask: its colours
     if (rgb[..., :1] == rgb).all(): return rgb[..., 0].astype(np.uint8), 'grey'  # RGB in shades of grey
     return rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2], 'colour'         # a colour as one number, 0xRRGGBB
 
 # %% ../nbs/09_own_data.ipynb #f44ca8ef
-def _fmt(v, kind:str) -> str: return f'#{int(v):06x}' if kind == 'colour' else f'{v:g}'   # how a mask value is written
+class _Colour(int):
+    "A mask value given as '#rrggbb', written back so."
+    def __repr__(self): return f'#{int(self):06x}'
+    __str__ = __repr__
+
+def _fmt(v, kind:str) -> str:   # how a mask value is written
+    return f'#{int(v):06x}' if kind == 'colour' or isinstance(v, _Colour) else f'{v:g}'
 
 def _values(raw:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "The distinct values of `raw` and the index of each pixel's value among them."
@@ -169,17 +235,24 @@ def _why(e:Exception) -> str:
     "Why PIL could not read a file, in a few words (the message names the file first)."
     return 'not an image file' if isinstance(e, UnidentifiedImageError) else str(e).split(': ', 1)[-1]
 
+def _too_big(rel:str, e:_TooBig, size:int) -> str:
+    "The problem of a file of more than `MAX_PIXELS` pixels."
+    return (f"{rel}: {e} pixels, more than the {MAX_PIXELS / 1e6:g} megapixels accepted: downscale it (and its image or "
+            f"mask alike) first; training resizes it to {size}×{size} anyway")
+
 def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
     "One pair at `size`: image uint8 (S, S, 3), mask values and codes (S, S), its kind and notes; or `problems`."
     out, problems = dict(notes=[]), []
     try:
-        with Image.open(img_path) as im: mode, turned = im.mode, im.getexif().get(0x0112, 1) != 1   # the header only
+        with _open(img_path) as im: mode, turned = im.mode, im.getexif().get(0x0112, 1) != 1   # the header only
         image = load_image(img_path)                                       # upright RGB, as `unet-predict` reads photos
         out['notes'] += [f'{mode} → RGB'] * (mode != 'RGB') + ['turned upright (EXIF)'] * turned
         out['hw'] = (image.height, image.width)
+    except _TooBig as e: image = None; problems.append(_too_big(r(img_path), e, size))
     except (OSError, ValueError, SyntaxError) as e:
         image = None; problems.append(f"{r(img_path)}: unreadable image ({_why(e)}); replace it with a whole copy, or delete it and its mask")
     try: raw, out['kind'] = read_mask(mask_path)
+    except _TooBig as e: raw = None; problems.append(_too_big(r(mask_path), e, size))
     except (OSError, ValueError, SyntaxError) as e:
         raw = None; problems.append(f"{r(mask_path)}: unreadable mask ({_why(e)}); replace it with a whole copy, or delete it and its image")
     if image is not None and raw is not None and raw.shape != out['hw']:
@@ -199,7 +272,7 @@ def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
 def _vals(v, kind:str) -> str: return '/'.join(_fmt(x, kind) for x in sorted(v))   # a set of mask values, e.g. '0/255'
 
 def mask_convention(values:dict, # {mask name: the set of its values, the ignored value left out}
-                    kind:str='grey', # 'grey', 'palette', 'colour' or '16-bit': how the values are written
+                    kind:str='grey', # 'grey', 'colour' or '16-bit': how the values are written
                     foreground=None, # the value of the objects; None: the larger of the two (for colours: the one that is not grey)
                    ) -> tuple:
     "(background, foreground, the convention in words, [problem]): the two values every mask shares."
@@ -220,8 +293,8 @@ def mask_convention(values:dict, # {mask name: the set of its values, the ignore
         problems.append(f"foreground={_fmt(foreground, kind)} is in no mask: the masks use {agreed}")
     chroma = lambda v: (len({v >> 16, v >> 8 & 255, v & 255}) > 1, v) if kind == 'colour' else v   # colours: a hue beats grey
     fg = foreground if foreground in both else max(both, key=chroma); bg = (both - {fg}).pop()
-    what = dict(palette='palette masks use the indices', colour='masks use the colours').get(kind, 'masks use')
-    return bg, fg, f"{what} {agreed}: treating {'index ' * (kind == 'palette')}{_fmt(fg, kind)} as foreground", problems
+    what = 'masks use the colours' if kind == 'colour' else 'masks use'
+    return bg, fg, f"{what} {agreed}: treating {_fmt(fg, kind)} as foreground", problems
 
 # %% ../nbs/09_own_data.ipynb #3af4770a
 class FolderError(BadInput):
@@ -253,6 +326,7 @@ class FolderData:
     masks: dict       # {split: uint8 (N, 1, S, S)}: 0 background, 1 foreground, 255 ignored
     convention: str   # how the mask values were read, e.g. 'masks use 0/255: treating 255 as foreground'
     notes: list       # the layout, the split, the conversions
+    digests: dict = None  # {name: sha256 of its image's bytes and its mask's}: the contents, for `data_fingerprint`
     @property
     def pos_weight(self) -> float:
         "Background pixels / foreground pixels of the training masks: the weight that balances BCE (lesson 03)."
@@ -276,7 +350,7 @@ def _splits(found:dict, valid_pct, test_pct, seed) -> tuple[dict, str]:
 def _mask_value(v, what:str):
     "A mask value given as a number, a string of digits or a colour '#rrggbb'; a `BadInput` naming `what` otherwise."
     if v is None or isinstance(v, (int, float)) and not isinstance(v, bool): return v
-    try: return int(v[1:], 16) if str(v).startswith('#') else int(v)
+    try: return _Colour(int(v[1:], 16)) if str(v).startswith('#') else int(v)
     except ValueError: raise BadInput(f"{what}={v!r}: give a mask value, e.g. 0, 255 or '#ff0000'") from None
 
 def _tensors(read:dict, names:list, size:int, fg, ignore) -> tuple:
@@ -307,6 +381,14 @@ def _convention(read:dict, ignore, foreground) -> tuple:
     values = {d['mask']: set(d['vals'].tolist()) - {ignore} for d in good.values()}
     kind = kinds.pop() if len(kinds) == 1 else 'colour' if 'colour' in kinds else 'grey'
     return mask_convention(values, kind, foreground)
+
+_DIGESTS = {}   # {(file, size, mtime_ns): sha256}: a file read again unchanged is not hashed again
+
+def _digest(path:Path) -> str:
+    "The sha256 of the bytes of `path`, cached by its size and modification time."
+    st = os.stat(path); key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS: _DIGESTS[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _DIGESTS[key]
 
 # %% ../nbs/09_own_data.ipynb #26cb422f
 def read_folder(root, # a folder with images/ and masks/, train/ valid/ [test/] folders holding them, or a CSV of image,mask pairs
@@ -340,7 +422,8 @@ def read_folder(root, # a folder with images/ and masks/, train/ valid/ [test/] 
     notes = [f"{len(files)} pairs from {layout}, {how}", _conversions(read, size)]
     if not names['test']: notes.append("no test split: the final scores are on the validation images")
     if ignore is not None: convention += f"; {ignore} is ignored (left out of the loss and the scores)"
-    return FolderData(root, names, files, images, masks, convention, notes)
+    digests = {n: _digest(img) + _digest(m) for n, (img, m) in files.items()}   # what `unet-train` locks its --out to
+    return FolderData(root, names, files, images, masks, convention, notes, digests)
 
 # %% ../nbs/09_own_data.ipynb #d55d862a
 def folder_dls(data, # a `FolderData`, or a folder or CSV file for `read_folder`
