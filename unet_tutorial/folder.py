@@ -257,7 +257,8 @@ def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
         raw = None; problems.append(f"{r(mask_path)}: unreadable mask ({_why(e)}); replace it with a whole copy, or delete it and its image")
     if image is not None and raw is not None and raw.shape != out['hw']:
         sideways = turned and raw.shape == out['hw'][::-1]
-        hint = ' (the photo is stored sideways with an EXIF tag to turn it: draw its mask on the upright photo)' if sideways else ''
+        hint = (' (the photo is stored sideways with an EXIF tag to turn it: draw its mask on the upright photo)' if sideways else
+                ": draw the mask at its image's size, or resize it with nearest neighbour (a smoothing resize adds values)")
         problems.append(f"{r(mask_path)}: {raw.shape[1]}×{raw.shape[0]} pixels, but its image {r(img_path)} is "
                         f"{out['hw'][1]}×{out['hw'][0]}{hint}")
     if raw is not None and not problems:
