@@ -57,3 +57,21 @@ def test_guarded_cuda_cells_run_on_a_cpu(nb, capsys):
         if c.startswith('#| cuda'): exec(compile(c, nb.name, 'exec'), {'torch': torch})
     out = capsys.readouterr().out
     assert out.count('No GPU here') == sum(c.startswith('#| cuda') for c in _code(nb)), out
+
+SWITCH = 'RUN_LONG'
+
+@pytest.mark.parametrize('nb', lessons, ids=lambda p: p.name)
+def test_slow_cells_wait_for_the_lessons_switch(nb):
+    "Jupyter's Run All ignores `#| slow`: a long cell runs only when its lesson's one switch, set near the top, says so."
+    cells = _code(nb)
+    slow = [i for i, c in enumerate(cells) if c.startswith('#| slow')]
+    if not slow: return
+    sets = [i for i, c in enumerate(cells) if re.search(rf'^{SWITCH} = (True|False)\b', c, re.M)]
+    assert len(sets) == 1, f"{nb.name}: `#| slow` cells need one cell that sets `{SWITCH} = True/False`, found {len(sets)}"
+    assert sets[0] < 8 and sets[0] < slow[0], f"{nb.name}: `{SWITCH}` must be set near the top (it is set in code cell {sets[0]})"
+    says = cells[sets[0]]
+    assert re.search(r'\d.*(hour|minute|\d s\b)', says) and re.search(r'results/|printed|bench', says), \
+        f"{nb.name}: the switch's comment must say how long the long cells take, and where that figure comes from"
+    bad = [cells[i].splitlines()[1] for i in slow if not re.search(rf'^\s*(if|elif)\b.*\b{SWITCH}\b', cells[i], re.M)
+           or (f'{SWITCH} is False' not in cells[i] and not re.search(rf'^\s*if {SWITCH} and\b', cells[i], re.M))]
+    assert not bad, f"{nb.name}: `#| slow` cells not behind `{SWITCH}` (or not saying what they skipped), starting: {bad}"

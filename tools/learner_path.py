@@ -4,53 +4,50 @@
 
 1. builds the wheel (or takes --wheel), 2. makes a fresh virtual environment OUTSIDE the checkout (default: a new
 temporary folder; --venv DIR reuses DIR if it has a python, for repeated local runs) holding only that wheel and the
-notebook runner `execnb`, 3. copies the lessons `nbs/NN*_*.ipynb` (00a, 03b, ... too) into an empty temporary folder outside the checkout,
-4. executes every lesson top to bottom there, each in a fresh kernel, with the test settings (IN_TEST=1; cells flagged
-`#| slow` or `#| cuda` skipped, as `nbdev_test` does), then the --full lessons (default 01, 02, 03, 07) with IN_TEST
-unset, the settings a learner gets (only `#| cuda` cells skipped, and only without a GPU).
+notebook runner `nbclient` with the `ipykernel` kernel, 3. copies the lessons `nbs/NN*_*.ipynb` (00a, 03b, ... too) into an empty temporary folder outside the checkout,
+4. executes every lesson there exactly as Jupyter's Run All does: `nbclient` with a real `ipykernel` kernel, a fresh
+kernel per lesson, every code cell in order and no `#|` directive honoured (a GPU-only cell must skip itself on a
+CPU, and a cell of more than a few minutes runs only when its lesson's `RUN_LONG` switch is turned on), first with
+the test settings (IN_TEST=1), then the --full lessons (default 01, 02, 03, 07) with IN_TEST unset, the settings a
+learner gets.
 `UNET_TUTORIAL_DATA` points at `../shared/data/pets128` beside the checkout when it exists; elsewhere the lessons use
 their synthetic fallbacks. 5. checks what a user of the package gets: the wheel holds the reference model, and the
 venv's `unet-predict --help`, `unet-train --help` and `unet-compare --quick` work (`--cli-only`: only steps 1, 2 and 5).
-Prints a PASS/FAIL line per run and the counts; a failure names the lesson and the cell (its first lines and the
+Prints a PASS/FAIL line per run with its time and the cells that said they skipped their work, and the counts; a failure names the lesson and the cell (its first lines and the
 error). Exit status 1 if any run fails.
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 RUNNER = r'''
-import json, os, sys, time
+import json, sys, time
 from pathlib import Path
-from execnb.shell import CaptureShell
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
-def directives(src):
-    out = {}
-    for l in src.splitlines():
-        if not l.startswith('#|'): break
-        k, *v = l[2:].split(maxsplit=1)
-        out[k] = v[0].strip() if v else ''
-    return out
-
-fn, skip = Path(sys.argv[1]).resolve(), set(filter(None, sys.argv[2].split(',')))
+# Jupyter's Run All: a real ipykernel kernel, every code cell in order, `#|` directives not read (they are comments)
+fn = Path(sys.argv[1]).resolve()
 import unet_tutorial
 where = Path(unet_tutorial.__file__).resolve()
 if 'site-packages' not in where.parts: sys.exit(f'unet_tutorial imported from {where}, not from the installed wheel')
-os.chdir(fn.parent)
-sh, skipped = CaptureShell(fn), []
-cells = json.loads(fn.read_text())['cells']
-for i, c in enumerate(cells):
-    if c['cell_type'] != 'code': continue
-    src = ''.join(c['source'])
-    d = directives(src)
-    if d.get('eval:', '').lower() == 'false' or skip & set(d): skipped.append(i); continue
-    outs = sh.run(src)
-    if sh.exc is not None:
-        err = next((o for o in outs if o.get('output_type') == 'error'), None)
-        tb = '\n'.join(err['traceback']) if err else repr(sh.exc)
-        head = '\n'.join('    | ' + l for l in src.splitlines()[:6])
-        print(f'{fn.name}: cell {i} (0-based, markdown cells counted) failed: {type(sh.exc).__name__}: {sh.exc}\n  cell {i} source (head):\n{head}'
-              f'\n  traceback (tail):\n{tb[-3000:]}')
-        sys.exit(1)
-print(f'ran {sum(c["cell_type"] == "code" for c in cells) - len(skipped)} code cells, skipped cells {skipped}')
+nb = nbformat.read(fn, as_version=4)
+client = NotebookClient(nb, kernel_name='python3', timeout=1800, resources={'metadata': {'path': str(fn.parent)}})
+try: client.execute()
+except CellExecutionError as e:
+    i, c = next(((i, c) for i, c in enumerate(nb.cells) if c.cell_type == 'code'
+                 and any(o.get('output_type') == 'error' for o in c.get('outputs', []))), (None, None))
+    if c is None: print(f'{fn.name}: failed outside a cell: {str(e)[-3000:]}'); sys.exit(1)
+    err = next(o for o in c.outputs if o.get('output_type') == 'error')
+    head = '\n'.join('    | ' + l for l in c.source.splitlines()[:6])
+    print(f"{fn.name}: cell {i} (0-based, markdown cells counted) failed: {err['ename']}: {err['evalue']}\n"
+          f"  cell {i} source (head):\n{head}\n  error (tail):\n{str(e)[-3000:]}")
+    sys.exit(1)
+def said(c): return ''.join(o.get('text', '') for o in c.get('outputs', []) if o.get('output_type') == 'stream')
+skips = [(i, said(c).strip().splitlines()[0]) for i, c in enumerate(nb.cells) if c.cell_type == 'code'
+         and any(k in said(c) for k in ('No GPU here', 'RUN_LONG is False'))]
+print(f"ran all {sum(c.cell_type == 'code' for c in nb.cells)} code cells; cells that skipped their work: "
+      + ('; '.join(f'{i}: {l[:100]}' for i, l in skips) or 'none'))
 '''
 
 def sh(*cmd, **kw):
@@ -98,11 +95,11 @@ def main():
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'IN_TEST', 'VIRTUAL_ENV', 'UNET_TUTORIAL_DATA')}
     env['PIP_DISABLE_PIP_VERSION_CHECK'] = '1'
     t = time.time()
-    # the wheel alone (its own requirements come from the registry) and the notebook runner; nothing from the repo
-    for args in (['--force-reinstall', '--no-deps', wheel], [wheel, 'execnb<0.2']):
+    # the wheel alone (its own requirements come from the registry) and Jupyter's runner and kernel; nothing from the repo
+    for args in (['--force-reinstall', '--no-deps', wheel], [wheel, 'nbclient', 'ipykernel']):
         r = subprocess.run([py, '-m', 'pip', 'install', '-q', *args], env=env, cwd=work, capture_output=True, text=True)
         if r.returncode: print(r.stdout[-4000:], r.stderr[-4000:], sep='\n'); sys.exit('pip install failed')
-    print(f'installed {wheel.name} and execnb into {venv} in {time.time() - t:.0f}s')
+    print(f'installed {wheel.name}, nbclient and ipykernel into {venv} in {time.time() - t:.0f}s')
     gpu = subprocess.run([py, '-c', 'import torch; print(torch.cuda.is_available())'], env=env, cwd=work,
                          capture_output=True, text=True, check=True).stdout.strip() == 'True'
 
@@ -115,23 +112,23 @@ def main():
     data = (root.parent/'shared'/'data'/'pets128').resolve()
     if data.is_dir(): env['UNET_TUTORIAL_DATA'] = str(data); print('data: the real Oxford-IIIT Pet copy beside the checkout')
     else: print("data: none beside the checkout, the lessons use their synthetic fallbacks")
-    print(f"skipped cells: `#| slow` and `#| cuda` in the IN_TEST=1 runs; `#| cuda` in the full runs"
-          f"{' (none: a GPU is present)' if gpu else ' (no GPU here)'}")
+    print("lessons run as Jupyter's Run All does: nbclient, a real ipykernel kernel, no `#|` directive skipped"
+          f"{' (a GPU is present)' if gpu else ' (no GPU here: the GPU cells must skip themselves)'}")
 
     full = set(filter(None, a.full.split(',')))
     runs = [(nb, True) for nb in lessons] + [(nb, False) for nb in lessons if nb.name[:2] in full]
     passed, failed = [], []
     for nb, in_test in runs:
         e = dict(env, IN_TEST='1') if in_test else env
-        skip = 'slow,cuda' if in_test else ('' if gpu else 'cuda')
         label = f"{nb.name} ({'IN_TEST=1' if in_test else 'learner settings'})"
         t = time.time()
-        r = subprocess.run([py, work/'runner.py', lessons_dir/nb.name, skip], env=e, cwd=lessons_dir,
+        r = subprocess.run([py, work/'runner.py', lessons_dir/nb.name], env=e, cwd=lessons_dir,
                            capture_output=True, text=True)
         ok = r.returncode == 0
         (passed if ok else failed).append(label)
         print(f"{'PASS' if ok else 'FAIL'}  {label:48s} {time.time() - t:6.1f}s", flush=True)
-        if not ok: print(r.stdout[-8000:], r.stderr[-4000:], sep='\n', flush=True)
+        if ok: print('      ' + (r.stdout.strip().splitlines() or [''])[-1][:400], flush=True)
+        else: print(r.stdout[-8000:], r.stderr[-4000:], sep='\n', flush=True)
     for label, ok, why in package_checks(wheel, venv, work, env):   # after the lessons: what `pip install` gives
         (passed if ok else failed).append(label)
         print(f"{'PASS' if ok else 'FAIL'}  {label}", flush=True)

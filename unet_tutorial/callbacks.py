@@ -32,8 +32,11 @@ def _live():
 class ProgressCB(Callback):
     "A live progress bar and table of epochs in Jupyter or a terminal; plain table rows where output goes to a file."
     order = 10
+    def __init__(self, live:bool=None): # None: a live bar in Jupyter or a terminal, plain rows elsewhere; False: plain rows
+        self.live, self.rows = live, []    # rows: every row of the table written so far (header first), as strings
     def before_fit(self, t):
-        self.start, self.mb = t.epoch, master_bar(range(t.epoch, t.epochs)) if _live() else None
+        live = _live() if self.live is None else self.live
+        self.start, self.mb, self.rows = t.epoch, master_bar(range(t.epoch, t.epochs)) if live else None, []
         if self.mb is not None: self.mb.update(0)
         self._write(list(_COLS))
     def before_epoch(self, t):
@@ -47,6 +50,7 @@ class ProgressCB(Callback):
         self._write([f'{t.history[-1][c]:.4g}' for c in _COLS])
         if self.mb is not None: self.mb.update(t.epoch - self.start)
     def _write(self, cells):
+        self.rows.append(cells)
         if self.mb is not None: self.mb.write(cells, table=True)
         else: print(' '.join(f'{c:>12}' for c in cells), flush=True)
 
