@@ -5,7 +5,6 @@ depths no machine holds, a read-only tensor cache, --schedule spelt in capitals,
 Every test runs the commands in this process on tiny data (a 24-image folder at 32 pixels, width 4, one epoch).
 """
 import json, os, re, time
-from pathlib import Path
 
 import pytest
 import torch
