@@ -231,8 +231,8 @@ def test_failed_trimaps_message_in_options(tmp_path, capsys):
 
 
 def test_amp_warning_in_options(tmp_path, capsys, folder, monkeypatch):
-    from unet_tutorial import core, trainer
-    for m in (core, trainer): monkeypatch.setattr(m, 'cpu_bf16_native', lambda: False)   # a CPU without native bf16
+    from unet_tutorial import core
+    monkeypatch.setattr(core, 'cpu_bf16_native', lambda: False)   # a CPU without native bf16 (`amp_policy` asks core)
     r, _, err = train(capsys, '--data', folder, '--out', tmp_path/'out', *T, '--amp', 'BF16')
     assert r == 0, err
     assert 'unet-train: warning: --amp bf16 on a CPU' in err and '--amp auto or --amp off' in err, err
