@@ -43,7 +43,7 @@ def problems(path):
     if len(checks) < 2: errs.append(f'{len(checks)} exercise check(s); at least 2 are needed')
     if len(solutions) != len(checks): errs.append(f'{len(checks)} checking cells but {len(solutions)} solution cells')
     for c in code:
-        s, first = _src(c), _src(c).split('\n')[0]
+        s = _src(c)
         if FOLD in s and c not in solutions: errs.append(f'cell {c.get("id")}: `{FOLD}` must be its first line')
         if c in checks and 'strict=True' in s: errs.append(f'cell {c.get("id")}: a learner\'s check must not be strict')
     for c in solutions:

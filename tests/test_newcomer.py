@@ -3,7 +3,7 @@ its synthetic fallback (issue 20, item 25). When the data is beside this checkou
 that path, so this test copies those lessons into an empty folder where no data can be found and runs them as
 `nbdev_test` does (IN_TEST=1, `#| slow` and `#| cuda` cells skipped). Without the data the notebook step already ran
 them that way, so the test skips rather than run them twice."""
-import json, os, shutil, subprocess, sys
+import os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest

@@ -298,7 +298,7 @@ def run(tmp, name, *args, timeout=600):
 
 def test_unet_train_quick_end_to_end(tmp_path):
     "The acceptance command on a folder written here; its closing message's unet-predict command works as printed."
-    data = make_synthetic_folder(tmp_path/'my_pets', n=20, size=64)
+    make_synthetic_folder(tmp_path/'my_pets', n=20, size=64)
     t = time.time()
     r = run(tmp_path, 'unet-train', '--data', 'my_pets', '--out', 'runs/mine', '--preset', 'quick')
     dt = time.time() - t

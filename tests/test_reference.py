@@ -1,6 +1,6 @@
 """The reference model shipped in the package: it loads, it is small, and on the real test split it scores what its
 record says (within 0.01 IoU), and `unet-predict` uses it when no checkpoint is given."""
-import os, subprocess, sys
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,6 @@ from unet_tutorial.loaders import get_dls
 from unet_tutorial.experiments import evaluate_model
 from unet_tutorial.cli import unet_predict
 from unet_tutorial.data import trimap_to_mask
-from unet_tutorial.inference import load_model
 from unet_tutorial.reference import reference_checkpoint, reference_model
 import numpy as np
 from PIL import Image

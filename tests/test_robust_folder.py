@@ -7,7 +7,6 @@ links among the files are each refused with a message naming the file; `.jfif` p
 """
 import os, signal, struct, warnings, zlib
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Issue 20: `unet-predict`, checkpoints and the ONNX export refuse bad input by name and never lose a file."""
 import errno, os, subprocess, sys
 from importlib.util import find_spec
-from pathlib import Path
 from unittest import mock
 
 import numpy as np

@@ -5,7 +5,6 @@ depths no machine holds, a read-only tensor cache, --schedule spelt in capitals,
 Every test runs the commands in this process on tiny data (a 24-image folder at 32 pixels, width 4, one epoch).
 """
 import json, os, re, time
-from pathlib import Path
 
 import pytest
 import torch
@@ -232,8 +231,8 @@ def test_failed_trimaps_message_in_options(tmp_path, capsys):
 
 
 def test_amp_warning_in_options(tmp_path, capsys, folder, monkeypatch):
-    from unet_tutorial import core, trainer
-    for m in (core, trainer): monkeypatch.setattr(m, 'cpu_bf16_native', lambda: False)   # a CPU without native bf16
+    from unet_tutorial import core
+    monkeypatch.setattr(core, 'cpu_bf16_native', lambda: False)   # a CPU without native bf16 (`amp_policy` asks core)
     r, _, err = train(capsys, '--data', folder, '--out', tmp_path/'out', *T, '--amp', 'BF16')
     assert r == 0, err
     assert 'unet-train: warning: --amp bf16 on a CPU' in err and '--amp auto or --amp off' in err, err

@@ -16,7 +16,7 @@ venv's `unet-predict --help`, `unet-train --help` and `unet-compare --quick` wor
 Prints a PASS/FAIL line per run with its time and the cells that said they skipped their work, and the counts; a failure names the lesson and the cell (its first lines and the
 error). Exit status 1 if any run fails.
 """
-import argparse, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 RUNNER = r'''

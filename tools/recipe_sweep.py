@@ -49,8 +49,8 @@ def lrfind(data, out, threads):
     print(f"suggestion {rec['suggestion']:.2e} after {len(finder.lrs)} steps, {rec['seconds']:.0f} s")
 
 def timing(data, out, threads, label=''):
-    import os, tempfile, torch
-    from unet_tutorial.core import atomic_save, cpu_kind
+    import tempfile
+    from unet_tutorial.core import atomic_save
     with tempfile.TemporaryDirectory() as d:
         cmd = [str(Path(sys.executable).parent/'unet-compare'), '--data', str(data), '--preset', 'cpu', '--experiments', '1',
                '--epochs', '2', '--keep-bad-trimaps', '--out', d] + (['--threads', str(threads)] if threads else [])

@@ -18,9 +18,10 @@ from .synthetic import make_synthetic_pets
 from .model import EXPERIMENTS, check_trainable, get_experiment
 from .config import QUICK, check_same, data_fingerprint, preset as get_preset, settings_of
 from .core import BadInput, atomic_save, check_writable, get_device, read_checkpoint
-from .experiments import finished, run_comparison, train_one, unlocked
+from .experiments import Comparison, finished, run_comparison, train_one, unlocked
 from .trainer import Trainer
-from .report import Comparison, results_table, save_figures, summarize
+from .report import results_table, save_figures, summarize, write_results
+from .model import load_model
 from .inference import MAX_SIZE, export_onnx, onnx_target, predict_files
 from .reference import reference_checkpoint, reference_model
 from .folder import folder_dls
@@ -152,7 +153,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
     if threads or quick: torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
     _check_out(out)                # a folder of the user's files: refused before anything is written there
     check_writable(out, '--out')   # before anything is written there (the synthetic data of --quick, say)
-    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds)
+    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds); write_results(cmp)
     finally: torch.set_num_threads(old)
     print(results_table(summarize(cmp.records)), f"\nResults, table and figures in {out}/", sep='\n')
     return cmp
@@ -197,10 +198,12 @@ def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1
     return _main(compare, 'unet-compare', argv)
 
 # %% ../nbs/08_cli.ipynb #41891af6
-def segment(images:Param("photos to segment (any size; JPEG, PNG, ...)", str, nargs='*'), # photos to segment
-            checkpoint:Param("checkpoint written by training: unet-compare and unet-train write OUT/<experiment name>/seed<N>/best.pt, "
-                             "e.g. runs/compare/maxpool_transpose_bce/seed0/best.pt (default: the course's reference model)",
-                             str)=None, # checkpoint written by training
+_IMAGES = Param("photos to segment (any size; JPEG, PNG, ...)", str, nargs='*')   # options whose help is not their docment
+_CHECKPOINT = Param("checkpoint written by training: unet-compare and unet-train write OUT/<experiment name>/seed<N>/best.pt, "
+                    "e.g. runs/compare/maxpool_transpose_bce/seed0/best.pt (default: the course's reference model)", str)
+
+def segment(images:_IMAGES, # photos to segment
+            checkpoint:_CHECKPOINT=None, # checkpoint written by training
             out:str='predictions', # folder for <name>_mask.png and <name>_overlay.png
             threshold:float=0.5, # probability above which a pixel is pet
             size:int=None, # side the model was trained at, a multiple of 2**depth (default: the checkpoint's, else 128)
@@ -214,24 +217,31 @@ def segment(images:Param("photos to segment (any size; JPEG, PNG, ...)", str, na
                            (", or leave --checkpoint out to use the reference model" if name == 'checkpoint' else
                             ", e.g. --onnx model.onnx, or leave --onnx out" if name == 'onnx' else ", e.g. --out predictions"))
     if not images and not onnx: raise BadInput("no images: give the photos to segment (or --onnx FILE to export the model)")
+    reference = checkpoint is None   # no checkpoint: the course's reference model (lesson 07a), resolved here once
     try:
+        if reference: checkpoint = reference_checkpoint()
         if onnx:   # refused before any work: an existing file, a folder, an input (the checkpoint, a photo) to write over
-            onnx_target(onnx, overwrite, {checkpoint or reference_checkpoint(): 'the checkpoint being exported',
+            onnx_target(onnx, overwrite, {checkpoint: 'the checkpoint being exported',
                                           **{f: 'one of the photos to segment' for f in images}})
-        done = predict_files(images, checkpoint, out, threshold, size, device, overwrite=overwrite) if images else ({}, {})
+        model = checkpoint   # a file, or (for the reference model) the `(model, ckpt)` pair, loaded once
+        if images and reference:
+            model = load_model(checkpoint, get_device(device))
+            print(f"model: the course's reference U-Net (test IoU {model[1]['record']['test']['iou']:.3f}); "
+                  "pass a checkpoint of your own to use it")
+        done = predict_files(images, model, out, threshold, size, device, overwrite=overwrite) if images else ({}, {})
         if onnx: _export(checkpoint, onnx, size, overwrite, images)
         return done
     except BadInput as e:   # messages about a parameter start with its name: say it as the option
         if str(e).startswith(('size ', 'threshold ')): raise BadInput(f'--{e}') from None
         raise
 
-def _export(checkpoint, # a checkpoint file, or None for the reference model
+def _export(checkpoint, # a checkpoint file (the reference model's, when none was given)
             path, # the ONNX file to write
             size:int=None, # the side it is checked at (default: the checkpoint's)
             overwrite:bool=False, # replace `path` if it exists
             images=()): # the photos segmented: never replaced
     "Export the model of `checkpoint` to `path` with `export_onnx` (checked with onnxruntime), and say so."
-    ckpt = checkpoint or reference_checkpoint()
+    ckpt = checkpoint
     keep = {f: 'one of the photos to segment' for f in images}
     try: diff = export_onnx(ckpt, path, size, overwrite=overwrite, keep=keep)
     except ImportError as e: raise BadInput(str(e)) from None   # the `onnx` extra is not installed

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import dataclasses, hashlib, json, math
 from dataclasses import dataclass, asdict, fields
-from pathlib import Path
 
 from .data import BORDERS   # what a trimap's border pixels become (lesson 00)
 from .model import MAX_DEPTH, MAX_WIDTH   # the largest U-Net lesson 02 builds
@@ -53,7 +52,7 @@ class RunConfig:
         if not self.lr > 0: raise ValueError(f'RunConfig: lr must be positive (got {self.lr!r})')
         for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
             if getattr(self, k) not in ok: raise ValueError(f'RunConfig: {k}={getattr(self, k)!r} is not one of {ok}')
-        if self.limit is not None and self.limit < 1: raise ValueError(f'RunConfig: limit must be at least 1 or None')
+        if self.limit is not None and self.limit < 1: raise ValueError('RunConfig: limit must be at least 1 or None')
         if self.size == 2**self.depth and (self.batch_size == 1 or self.limit == 1):   # BatchNorm needs 2 values a channel
             one = 'batch_size 1' if self.batch_size == 1 else 'limit 1'
             raise ValueError(f'RunConfig: size {self.size} with depth {self.depth} leaves a 1×1 bottleneck, where BatchNorm cannot '

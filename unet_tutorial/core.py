@@ -4,10 +4,11 @@
 
 # %% ../nbs/00_core.ipynb #d5f74eb5
 from __future__ import annotations
-import errno, json, math, os, pickle, random, re, shutil, tempfile, warnings, zipfile
+import errno, json, math, os, pickle, random, re, shutil, stat, tempfile, warnings, zipfile
 from pathlib import Path
 
 import numpy as np, torch
+from PIL import Image
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'set_seed',
@@ -238,6 +239,35 @@ def read_checkpoint(path # a file written by `atomic_save` or `torch.save`, e.g.
         raise BadInput(f"{path}: cannot read this checkpoint: {why}. {_RESTART}") from None
     if not isinstance(ckpt, dict): raise BadInput(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict. {_RESTART}")
     return ckpt
+
+# %% ../nbs/00_core.ipynb #e86dd845
+def _images_in(folder: Path) -> list:
+    "The files in `folder` whose names PIL reads as images (.jpg, .jfif, .png, .webp, ...), sorted."
+    exts = Image.registered_extensions()
+    try: return sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith('.'))
+    except OSError: return []
+
+def _not_a_file(path: Path, # the file to check
+                inside:str='*.jpg', # what to suggest in a folder instead, e.g. best.pt
+               ) -> str|None:
+    "Why `path` is not a regular file we can read without blocking (a folder, a FIFO, a device, a broken link...), or None."
+    try: mode = path.stat().st_mode
+    except OSError as e:
+        if path.is_symlink():
+            loop = e.errno == errno.ELOOP
+            return f"it is a symbolic link to {os.readlink(path)}, {'a loop of links' if loop else 'which does not exist'}"
+        if e.errno == errno.ELOOP: return 'a folder in its path is a loop of symbolic links'
+        return 'there is no such file' if isinstance(e, FileNotFoundError) else f'it cannot be accessed ({e.strerror})'
+    if stat.S_ISREG(mode): return None
+    if stat.S_ISDIR(mode):
+        if inside == '*.jpg' and (found := _images_in(path)):
+            return (f"it is a folder (of {len(found)} image(s), e.g. {found[0].name}); pass the files in it instead, "
+                    f"e.g. {path/'*'}")
+        return f'it is a folder; pass the file(s) in it instead, e.g. {path/inside}'
+    kind = ('a FIFO (named pipe)' if stat.S_ISFIFO(mode) else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else 'a socket' if stat.S_ISSOCK(mode) else 'not a regular file')
+    return f'it is {kind}, not a regular file; save the data to a file and pass that'
+
 
 # %% ../nbs/00_core.ipynb #e72a60d1
 _NO_ANSWER = 'no answer yet: fill in the cell above and run it'

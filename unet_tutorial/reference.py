@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from .core import BadInput, atomic_save
-from .inference import CheckpointError, _real, load_model
+from .model import CheckpointError, load_model
+from .inference import _real
 
 # %% ../nbs/07a_reference.ipynb #9de39941
 def reference_checkpoint() -> Path:

@@ -4,18 +4,18 @@
 
 # %% ../nbs/04_trainer.ipynb #53c28a15
 from __future__ import annotations
-import json, math, signal, sys, threading, time, warnings
+import json, math, signal, threading, time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
 
-from .core import (BadInput, _loader_gen, _seed_loader, amp_policy, atomic_save, clean_tmp, cpu_bf16_native,
-                                cpu_kind, get_device, get_rng_state, read_checkpoint, set_rng_state, set_seed)
+from .core import (BadInput, _loader_gen, _seed_loader, amp_policy, atomic_save, clean_tmp, get_device,
+                                get_rng_state, read_checkpoint, set_rng_state, set_seed)
 from .losses import SegMetrics
 from .config import RunConfig, sched_factor
-from .callbacks import EVENTS, Callback, ProgressCB
+from .callbacks import ProgressCB
 
 # %% auto #0
 __all__ = ['Trainer', 'plot_history']
