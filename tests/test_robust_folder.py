@@ -215,3 +215,24 @@ def test_jfif_photos_are_read(pets):
 def test_colour_values_written_as_colours(pets):
     with pytest.raises(FolderError) as e: read_folder(pets, size=S, foreground='#ff0000')
     assert 'foreground=#ff0000 is in no mask' in str(e.value) and 'e+07' not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize('kind, says', [('dangling', 'a symbolic link to nowhere, which does not exist'),
+                                        ('loop', 'a loop of links'), ('file', 'a .txt file, not a folder or a .csv file'),
+                                        ('device', 'a device, not a file'), ('missing', 'no such folder (or CSV file)')])
+def test_data_that_is_not_a_folder_is_named(tmp_path, capsys, kind, says):
+    "--data a broken link, a link loop, a file of another type or a device: said as what it is (a replay of items 18 and 23)."
+    d = tmp_path/'data.txt' if kind == 'file' else tmp_path/'data'
+    if kind == 'dangling': d.symlink_to('nowhere')
+    elif kind == 'loop': d.symlink_to(d.name)
+    elif kind == 'file': d.write_text('not a folder')
+    elif kind == 'device': d = '/dev/null'
+    assert cli.unet_train(['--data', str(d), '--out', str(tmp_path/'out'), *T]) == 2
+    err = capsys.readouterr().err
+    assert says in err and 'give a folder with images/ and masks/' in err, err
+    assert not (tmp_path/'out').exists() or not any((tmp_path/'out').iterdir())   # nothing written
+
+
+def test_header_only_csv_says_it_lists_no_pairs(tmp_path):
+    (tmp_path/'pairs.csv').write_text('image,mask,split\n')
+    with pytest.raises(FolderError, match='no pairs listed: add a line image,mask'): read_folder(tmp_path/'pairs.csv', size=S)

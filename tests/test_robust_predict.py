@@ -60,6 +60,7 @@ def test_01_onnx_refuses_an_existing_file(work, tmp_path, capsys):
     assert unet_predict(['--checkpoint', str(work/'tiny.pt'), '--onnx', str(old)]) == 2
     err = capsys.readouterr().err
     assert str(old) in err and '--overwrite' in err and old.read_bytes() == b'mine'
+    assert 'overwrite=True' not in err   # a shell message names options, not Python arguments
     if HAVE_ONNX:
         assert unet_predict(['--checkpoint', str(work/'tiny.pt'), '--onnx', str(old), '--overwrite']) == 0
         assert old.stat().st_size > 1000
@@ -211,3 +212,15 @@ def test_23_rerun_cleans_temporary_files_of_a_killed_run(work, tmp_path):
     code, _, err = cli(work/'photos'/'cat.png', '--checkpoint', work/'tiny.pt', '--out', out)
     assert code == 0, err
     assert not stale.exists() and live.exists()
+
+
+def test_23_shell_messages_are_sentences_in_options(work, tmp_path, capsys):
+    "An existing mask is refused in options ('already exists', no 'overwrite=True'); a checkpoint's problem and the advice are two sentences."
+    out = tmp_path/'o'; out.mkdir(); (out/'cat_mask.png').write_bytes(b'mine')
+    assert unet_predict([str(work/'photos'/'cat.png'), '--checkpoint', str(work/'tiny.pt'), '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert 'cat_mask.png already exists and would be replaced' in err and 'overwrite=True' not in err, err
+    torch.save({'model': torch.load(work/'tiny.pt', weights_only=True)['model']}, tmp_path/'bare.pt')   # no model_config
+    assert unet_predict([str(work/'photos'/'cat.png'), '--checkpoint', str(tmp_path/'bare.pt'), '--out', str(tmp_path/'p')]) == 2
+    err = capsys.readouterr().err
+    assert '. Pass a checkpoint written by training' in err, err

@@ -142,7 +142,10 @@ def find_pairs(root, # a folder with images/ and masks/, one with train/ valid/ 
     if root.suffix.lower() == '.csv' and root.exists():
         if why := _not_file(root): raise BadInput(f"{root}: {why}: give a CSV file of image,mask pairs")
         return _csv_pairs(root)
-    if not root.is_dir(): raise BadInput(f"{root}: no such folder (or CSV file)")
+    if not root.is_dir():   # a file of another type, a broken link, a device...: said as what it is
+        why = _not_file(root) or (f"a {root.suffix} file" if root.suffix else 'a file') + ", not a folder or a .csv file"
+        raise BadInput(f"{root}: {'no such folder (or CSV file)' if why == 'no such file' else why}: give a folder with "
+                       "images/ and masks/, one with train/ and valid/ folders holding them, or a CSV file of image,mask pairs")
     subs = {s: root/d for s in SPLITS for d in ((s, 'val') if s == 'valid' else (s,)) if (root/d/'images').is_dir()}
     if 'train' in subs:
         found, problems = {}, []
@@ -404,7 +407,9 @@ def read_folder(root, # a folder with images/ and masks/, train/ valid/ [test/] 
     ignore, foreground = _mask_value(ignore, 'ignore'), _mask_value(foreground, 'foreground')
     found, problems, layout = find_pairs(root)
     files = {n: (img, m) for ps in found.values() for n, img, m in ps}
-    if not files and not problems: raise FolderError(root, [f"no image found (looked for {', '.join(IMAGE_EXTS)} files)"])
+    if not files and not problems:
+        raise FolderError(root, ["no pairs listed: add a line image,mask (paths relative to the CSV file) under the header"]
+                          if root.suffix.lower() == '.csv' else [f"no image found (looked for {', '.join(IMAGE_EXTS)} files)"])
     r = lambda p: _rel(p, root.parent if root.is_file() else root)
     read = {n: dict(_read_pair(img, m, size, ignore, r), mask=r(m)) for n, (img, m) in files.items()}
     problems += [p for d in read.values() for p in d['problems']]

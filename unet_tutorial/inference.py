@@ -183,8 +183,8 @@ def _plan(images, out: Path, overwrite: bool) -> dict:
         raise BadInput(f"{clash[0]} is one of the photos to segment and would be replaced by an output: choose another --out folder")
     if not overwrite and (there := [p for p in files if p.exists() or p.is_symlink()]):
         more = f' and {len(there) - 3} more' if len(there) > 3 else ''
-        raise BadInput(f"{', '.join(map(str, there[:3]))}{more} already exist(s) and would be replaced (nothing was written): "
-                       "pass --overwrite (overwrite=True) to replace them, or choose another --out folder")
+        raise BadInput(f"{', '.join(map(str, there[:3]))}{more} already exist{'s' * (len(there) == 1)} and would be replaced "
+                       "(nothing was written): pass --overwrite to replace them, or choose another --out folder")
     return plan
 
 def _publish(tmp: Path, path: Path, overwrite: bool):
@@ -234,8 +234,8 @@ def predict_files(images, # image files to segment
     else:
         try: model, ckpt = load_model(checkpoint, get_device(device))
         except CheckpointError as e:   # read_checkpoint's advice (delete a run's checkpoint, rerun) is for training
-            msg = str(e).split(" If it is a run's")[0]
-            raise CheckpointError(f"{msg} Pass a checkpoint written by training "
+            msg = str(e).split(" If it is a run's")[0].rstrip()
+            raise CheckpointError(f"{msg}{'' if msg.endswith('.') else '.'} Pass a checkpoint written by training "
                                   "(a run's best.pt or last.pt), or none for the reference model") from None
     trained = ckpt.get('size')                                   # None: a hand-made checkpoint; 128 is assumed
     size = check_size(trained or 128 if size is None else size, model.config['depth'])
@@ -312,7 +312,7 @@ def onnx_target(path, # the .onnx file to write
                        "file for --onnx, e.g. model.onnx")
     if not overwrite and (path.exists() or path.is_symlink()):
         raise BadInput(f"{path} already exists and would be replaced (nothing was written): pass --overwrite "
-                       "(overwrite=True) to replace it, or choose another file for --onnx")
+                       "to replace it, or choose another file for --onnx")
     check_writable(path.parent, 'folder of the ONNX file'); clean_tmp(path.parent, pid_only=True)
     return path
 
