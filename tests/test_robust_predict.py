@@ -224,3 +224,12 @@ def test_23_shell_messages_are_sentences_in_options(work, tmp_path, capsys):
     assert unet_predict([str(work/'photos'/'cat.png'), '--checkpoint', str(tmp_path/'bare.pt'), '--out', str(tmp_path/'p')]) == 2
     err = capsys.readouterr().err
     assert '. Pass a checkpoint written by training' in err, err
+
+
+def test_23_onnx_in_a_file_names_the_option(work, tmp_path, capsys):
+    "An --onnx path under a regular file: the message names --onnx's folder, as the option, not 'this folder of the ONNX file'."
+    (tmp_path/'afile').write_text('mine')
+    assert unet_predict(['--checkpoint', str(work/'tiny.pt'), '--onnx', str(tmp_path/'afile'/'m.onnx')]) == 2
+    err = capsys.readouterr().err
+    assert 'cannot write into this --onnx folder' in err and 'it is a file, not a folder' in err, err
+    assert (tmp_path/'afile').read_text() == 'mine'

@@ -227,7 +227,7 @@ def segment(images:_IMAGES, # photos to segment
         if images and reference:
             model = load_model(checkpoint, get_device(device))
             print(f"model: the course's reference U-Net (test IoU {model[1]['record']['test']['iou']:.3f}); "
-                  "pass a checkpoint of your own to use it")
+                  "give --checkpoint to use a model of your own")
         done = predict_files(images, model, out, threshold, size, device, overwrite=overwrite) if images else ({}, {})
         if onnx: _export(checkpoint, onnx, size, overwrite, images)
         return done

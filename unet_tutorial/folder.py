@@ -240,8 +240,8 @@ def _why(e:Exception) -> str:
 
 def _too_big(rel:str, e:_TooBig, size:int) -> str:
     "The problem of a file of more than `MAX_PIXELS` pixels."
-    return (f"{rel}: {e} pixels, more than the {MAX_PIXELS / 1e6:g} megapixels accepted: downscale it (and its image or "
-            f"mask alike) first; training resizes it to {size}×{size} anyway")
+    return (f"{rel}: {e} pixels, more than the {MAX_PIXELS / 1e6:g} megapixels accepted: downscale it, and its image or "
+            f"mask to the same size, first; training resizes both to {size}×{size} anyway")
 
 def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
     "One pair at `size`: image uint8 (S, S, 3), mask values and codes (S, S), its kind and notes; or `problems`."

@@ -236,7 +236,7 @@ def predict_files(images, # image files to segment
         except CheckpointError as e:   # read_checkpoint's advice (delete a run's checkpoint, rerun) is for training
             msg = str(e).split(" If it is a run's")[0].rstrip()
             raise CheckpointError(f"{msg}{'' if msg.endswith('.') else '.'} Pass a checkpoint written by training "
-                                  "(a run's best.pt or last.pt), or none for the reference model") from None
+                                  "(a run's best.pt or last.pt); unet-predict without --checkpoint uses the reference model") from None
     trained = ckpt.get('size')                                   # None: a hand-made checkpoint; 128 is assumed
     size = check_size(trained or 128 if size is None else size, model.config['depth'])
     if verbose and trained and size != trained:
@@ -313,7 +313,7 @@ def onnx_target(path, # the .onnx file to write
     if not overwrite and (path.exists() or path.is_symlink()):
         raise BadInput(f"{path} already exists and would be replaced (nothing was written): pass --overwrite "
                        "to replace it, or choose another file for --onnx")
-    check_writable(path.parent, 'folder of the ONNX file'); clean_tmp(path.parent, pid_only=True)
+    check_writable(path.parent, '--onnx folder'); clean_tmp(path.parent, pid_only=True)
     return path
 
 def export_onnx(model, # a `UNet` (or another module returning logits), or a checkpoint file for `load_model`
