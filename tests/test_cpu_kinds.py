@@ -1,4 +1,4 @@
-"""Checks whose arithmetic must not depend on the CPU kind (issue 20, item 24): on an Intel Xeon with AMX, lesson 06's
+"""Checks whose arithmetic must not depend on the CPU kind (issue 20, item 24): on an Intel Xeon with AMX, lesson 15's
 float32 correlation over ~500k pixels came out 1.0003 in one run and 0.9997 in the next. Sums that long are
 computed in float64, so a tolerance of 1e-9 holds on every kind."""
 import torch
@@ -6,7 +6,7 @@ from unet_tutorial.explore import mask_alignment
 
 def test_24_mask_alignment_is_exact_for_a_perfect_channel():
     g = torch.Generator().manual_seed(0)
-    masks = (torch.rand(64, 1, 128, 128, generator=g) > 0.6).to(torch.uint8)   # 1M pixels, as in lesson 06
+    masks = (torch.rand(64, 1, 128, 128, generator=g) > 0.6).to(torch.uint8)   # 1M pixels, as in lesson 15
     al = mask_alignment({'pet': masks.float(), 'scaled': masks.float() * 1000 + 10,   # float32: 1.00049 here
                          'inverted': 1 - masks.float()}, masks)
     for k, v in al.items(): assert abs(v - 1.0) < 1e-9, (k, v)

@@ -2,7 +2,7 @@
 or env UNET_TUTORIAL_DATA).
 
 They read the files directly with PIL, independently of the code under test, and skip with a message when the data is
-not there. The synthetic-data tests live in nbs/00_data.ipynb and nbs/00b_loaders.ipynb (run by nbdev_test).
+not there. The synthetic-data tests live in nbs/01_data.ipynb and nbs/03_loaders.ipynb (run by nbdev_test).
 """
 import os
 from collections import Counter

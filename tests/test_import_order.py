@@ -116,20 +116,18 @@ def test_the_checker_catches_an_upward_import():
 # (notebook, module): a lesson that still imports, in its demos and tests, a module of a later lesson. Each is to be
 # undone by the renumbering (issue 21); the test fails when an entry is no longer needed, so the list only shrinks.
 ALLOWED = {
-    ('00_data', 'synthetic'):      "to be undone by the renumbering (issue 21): falls back to lesson 00a's synthetic pets without the data",
-    ('03b_callbacks', 'trainer'):  "to be undone by the renumbering (issue 21): its demos run callbacks in lesson 04's Trainer",
-    ('04_trainer', 'inference'):   "to be undone by the renumbering (issue 21): shows a trained model's masks with lesson 07's predict",
-    ('05_experiments', 'report'):  "to be undone by the renumbering (issue 21): tests and shows the tiny comparison's report (05a)",
-    ('07_inference', 'reference'): "to be undone by the renumbering (issue 21): predicts with lesson 07a's reference model",
-    ('06_explore', 'reference'):   "to be undone by the renumbering (issue 21): looks inside lesson 07a's reference model",
-    ('09_own_data', 'cli'):        "to be undone by the renumbering (issue 21): runs lesson 08's commands on your own folder",
+    ('01_data', 'synthetic'):      "to be undone by the renumbering (issue 21): falls back to lesson 02's synthetic pets without the data",
+    ('08_callbacks', 'trainer'):  "to be undone by the renumbering (issue 21): its demos run callbacks in lesson 10's Trainer",
+    ('10_trainer', 'inference'):   "to be undone by the renumbering (issue 21): shows a trained model's masks with lesson 17's predict",
+    ('12_experiments', 'report'):  "to be undone by the renumbering (issue 21): tests and shows the tiny comparison's report (05a)",
+    ('20_own_data', 'cli'):        "to be undone by the renumbering (issue 21): runs lesson A1's commands on your own folder",
 }
 
 
 def lesson_modules() -> dict:
     "{notebook stem: the module its `#| default_exp` names} for nbs/NN*_*.ipynb."
     out = {}
-    for p in sorted(NBS.glob('[0-9][0-9]*_*.ipynb')):
+    for p in sorted(NBS.glob('[0-9A-Z][0-9]*_*.ipynb')):
         for c in json.loads(p.read_text())['cells']:
             if m := re.search(r'^#\|\s*default_exp\s+(\w+)', ''.join(c['source']), re.M): out[p.stem] = m.group(1); break
     return out
@@ -150,6 +148,16 @@ def lesson_violations() -> set:
         for mod in lesson_imports(NBS/f'{stem}.ipynb'):
             if mod not in RANK or own not in RANK or RANK[mod] >= RANK[own] and mod != own: bad.add((stem, mod))
     return bad
+
+
+def test_lesson_files_are_numbered_in_the_table_order():
+    "Sorted by file name (00_core ... 20_own_data, then the appendix A1_cli), the lessons' modules come in the table's order."
+    mods = list(lesson_modules().items())
+    ranks = [RANK.get(m, -1) for _, m in mods]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks), [f"{stem}: {m}" for stem, m in mods]
+    text = (ROOT/'CONTRIBUTING.md').read_text().split('## Architecture', 1)[1].split('\n## ', 1)[0]
+    named = re.findall(r'^\| `(\w+)` \| `(\w+)\.py` \|', text, re.M)
+    assert named == mods, (named, mods)   # the table's notebook column names the files as they are
 
 
 def test_every_lesson_module_is_listed():

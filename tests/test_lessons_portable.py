@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 root = Path(__file__).resolve().parent.parent
-lessons = sorted((root/'nbs').glob('[0-9][0-9]*_*.ipynb'))
+lessons = sorted((root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb'))
 
 def _version():
     cfg = configparser.ConfigParser(); cfg.read(root/'settings.ini')

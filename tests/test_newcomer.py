@@ -10,7 +10,7 @@ import pytest
 from unet_tutorial.data import find_pets
 
 root = Path(__file__).resolve().parent.parent
-uses_data = sorted(p for p in (root/'nbs').glob('[0-9][0-9]*_*.ipynb') if 'find_pets()' in p.read_text())
+uses_data = sorted(p for p in (root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb') if 'find_pets()' in p.read_text())
 RUN = ("import sys; from pathlib import Path; from nbdev.test import test_nb; "
        "ok, _ = test_nb(Path(sys.argv[1]), skip_flags=['slow', 'cuda']); sys.exit(0 if ok else 1)")
 

@@ -1,4 +1,4 @@
-"""Your own data (lesson 09, `unet_tutorial.folder`), `unet-train` and the ONNX export, on tiny folders written here.
+"""Your own data (lesson 20, `unet_tutorial.folder`), `unet-train` and the ONNX export, on tiny folders written here.
 
 Every accepted mask convention and image kind is read into the masks it stands for; every kind of bad input is
 reported in one `FolderError` naming each file; `unet-train --preset quick` trains on a folder end to end and
@@ -109,7 +109,7 @@ def test_foreground_and_ignore_values(base, tmp_path):
 
 
 def test_image_kinds_are_converted(base, tmp_path):
-    "Greyscale, RGBA, 16-bit and palette images are read as RGB, as `unet-predict` reads them (lesson 07's `load_image`)."
+    "Greyscale, RGBA, 16-bit and palette images are read as RGB, as `unet-predict` reads them (lesson 17's `load_image`)."
     kinds = {'pet_000': lambda im, s: im.convert('L').save(f'{s}.png'),
              'pet_002': lambda im, s: _transparent(im).save(f'{s}.png'),
              'pet_003': lambda im, s: Image.fromarray(np.asarray(im.convert('L'), np.uint16) * 257).save(f'{s}.png'),
@@ -391,7 +391,7 @@ def test_unet_predict_onnx_from_the_shell(ort, tmp_path):
 
 def test_lesson_exercise_solutions(tmp_path, monkeypatch):
     "The lesson's exercises: with the solutions, every check prints 'correct' (and with the stubs, it does not)."
-    cells = [c for c in json.loads((ROOT/'nbs'/'09_own_data.ipynb').read_text())['cells']]
+    cells = [c for c in json.loads((ROOT/'nbs'/'20_own_data.ipynb').read_text())['cells']]
     start = next(i for i, c in enumerate(cells) if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith('## Exercises'))
     src = lambda c: ''.join(c['source'])
     imports = [src(c) for c in cells[:start] if c['cell_type'] == 'code' and src(c).strip()
@@ -401,7 +401,7 @@ def test_lesson_exercise_solutions(tmp_path, monkeypatch):
     import unet_tutorial.folder as lesson                 # what the lesson's exported cells define
     ns, out = {k: v for k, v in vars(lesson).items() if not k.startswith('__')}, StringIO()
     with redirect_stdout(out):
-        for code in imports + exercises: exec(compile(code, '09_own_data.ipynb', 'exec'), ns)
+        for code in imports + exercises: exec(compile(code, '20_own_data.ipynb', 'exec'), ns)
     lines = out.getvalue().splitlines()
     assert lines.count('correct') == 3, out.getvalue()
     assert sum(l.startswith('no answer yet') for l in lines) == 3, out.getvalue()    # the stubs, checked before the solutions

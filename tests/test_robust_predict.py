@@ -10,7 +10,8 @@ from PIL import Image
 
 import unet_tutorial.core as core
 from unet_tutorial.cli import unet_predict
-from unet_tutorial.core import BadInput, CannotWrite, atomic_save, read_checkpoint
+from unet_tutorial.core import BadInput
+from unet_tutorial.checkpoints import CannotWrite, atomic_save, read_checkpoint
 from unet_tutorial.inference import CheckpointError, ONNX_PACKAGES, export_onnx, load_model, predict_files
 from unet_tutorial.model import UNet
 from unet_tutorial.reference import make_reference

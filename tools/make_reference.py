@@ -11,7 +11,7 @@ import argparse, json, sys
 from pathlib import Path
 
 import torch
-from unet_tutorial.core import atomic_save
+from unet_tutorial.checkpoints import atomic_save
 from unet_tutorial.reference import make_reference
 
 root = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@
 epoch (training and validation) once warm, to turn the sweep's images into minutes on this machine when it is idle.
 `lrfind` writes OUT/lr_find.json (rates, smoothed losses, suggestion). `run` trains each named recipe of `RECIPES`
 (Exp 1, every trimap kept, as in results/cpu) with `unet-compare` into OUT/<name>/: the same command again skips
-finished runs and resumes unfinished ones. Lesson 03a reads the folder back with `unet_tutorial.report.sweep_table`.
+finished runs and resumes unfinished ones. Lesson 07 reads the folder back with `unet_tutorial.report.sweep_table`.
 """
 import argparse, json, subprocess, sys, time
 from pathlib import Path
@@ -32,7 +32,8 @@ def lrfind(data, out, threads):
     from unet_tutorial.losses import get_loss, pos_weight_from_masks
     from unet_tutorial.model import build_model
     from unet_tutorial.trainer import Trainer
-    from unet_tutorial.core import atomic_save, cpu_kind
+    from unet_tutorial.core import cpu_kind
+    from unet_tutorial.checkpoints import atomic_save
     if threads: torch.set_num_threads(threads)
     cfg = CPU.replace(drop_bad_trimaps=False)
     dls = get_dls(data, size=cfg.size, batch_size=cfg.batch_size, device='cpu', drop_bad=False)
@@ -50,7 +51,7 @@ def lrfind(data, out, threads):
 
 def timing(data, out, threads, label=''):
     import tempfile
-    from unet_tutorial.core import atomic_save
+    from unet_tutorial.checkpoints import atomic_save
     with tempfile.TemporaryDirectory() as d:
         cmd = [str(Path(sys.executable).parent/'unet-compare'), '--data', str(data), '--preset', 'cpu', '--experiments', '1',
                '--epochs', '2', '--keep-bad-trimaps', '--out', d] + (['--threads', str(threads)] if threads else [])

@@ -1,6 +1,6 @@
 """Execute notebooks in place so that their committed outputs come from a real run.
 
-    python tools/run_nb.py nbs/00_data.ipynb [more.ipynb ...] [--skip cuda] [--timeout-cell]
+    python tools/run_nb.py nbs/01_data.ipynb [more.ipynb ...] [--skip cuda] [--timeout-cell]
 
 Cells run in order with the notebook's folder as working directory and without IN_TEST (full settings, real data
 where it is found). Cells whose flags are listed in --skip (default: `cuda` when no GPU is present) are not run and
