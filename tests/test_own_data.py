@@ -4,7 +4,7 @@ Every accepted mask convention and image kind is read into the masks it stands f
 reported in one `FolderError` naming each file; `unet-train --preset quick` trains on a folder end to end and
 `unet-predict` uses its checkpoint; a model exported to ONNX gives PyTorch's probabilities within 1e-3.
 """
-import json, os, shlex, subprocess, sys, time
+import importlib, json, os, shlex, subprocess, sys, time
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from unet_tutorial.core import BadInput, IGNORE_INDEX
-from unet_tutorial.folder import FolderError, folder_dls, make_synthetic_folder, read_folder, train_size
+from unet_tutorial.folder import FolderError, folder_dls, read_folder, train_size
+from unet_tutorial.synthetic import make_synthetic_folder
 from unet_tutorial.config import QUICK
 from unet_tutorial.experiments import train_one
 from unet_tutorial import cli, inference
@@ -389,20 +390,21 @@ def test_unet_predict_onnx_from_the_shell(ort, tmp_path):
     assert 'wrote model.onnx: checked with onnxruntime' in r.stdout and (tmp_path/'model.onnx').stat().st_size > 1000
 
 
-def test_lesson_exercise_solutions(tmp_path, monkeypatch):
-    "The lesson's exercises: with the solutions, every check prints 'correct' (and with the stubs, it does not)."
-    cells = [c for c in json.loads((ROOT/'nbs'/'20_own_data.ipynb').read_text())['cells']]
+@pytest.mark.parametrize('lesson, module', [('20_own_data', 'folder'), ('19_masks', 'masks')])
+def test_lesson_exercise_solutions(tmp_path, monkeypatch, lesson, module):
+    "The lessons' exercises (two each): with the solutions, every check prints 'correct' (and with the stubs, it does not)."
+    cells = [c for c in json.loads((ROOT/'nbs'/f'{lesson}.ipynb').read_text())['cells']]
     start = next(i for i, c in enumerate(cells) if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith('## Exercises'))
     src = lambda c: ''.join(c['source'])
     imports = [src(c) for c in cells[:start] if c['cell_type'] == 'code' and src(c).strip()
                and all(l.startswith(('import ', 'from ', '#')) or not l.strip() for l in src(c).splitlines())]
     exercises = [src(c) for c in cells[start:-1] if c['cell_type'] == 'code']
     monkeypatch.chdir(tmp_path)
-    import unet_tutorial.folder as lesson                 # what the lesson's exported cells define
-    ns, out = {k: v for k, v in vars(lesson).items() if not k.startswith('__')}, StringIO()
+    lesson_module = importlib.import_module(f'unet_tutorial.{module}')   # what the lesson's exported cells define
+    ns, out = {k: v for k, v in vars(lesson_module).items() if not k.startswith('__')}, StringIO()
     with redirect_stdout(out):
-        for code in imports + exercises: exec(compile(code, '20_own_data.ipynb', 'exec'), ns)
+        for code in imports + exercises: exec(compile(code, f'{lesson}.ipynb', 'exec'), ns)
     lines = out.getvalue().splitlines()
-    assert lines.count('correct') == 3, out.getvalue()
-    assert sum(l.startswith('no answer yet') for l in lines) == 3, out.getvalue()    # the stubs, checked before the solutions
+    assert lines.count('correct') == 2, out.getvalue()
+    assert sum(l.startswith('no answer yet') for l in lines) == 2, out.getvalue()    # the stubs, checked before the solutions
     assert not any(l.startswith('not yet') for l in lines), out.getvalue()

@@ -15,7 +15,9 @@ from PIL import Image
 
 from unet_tutorial.core import BadInput
 from unet_tutorial.config import data_fingerprint, check_same, settings_of, CPU
-from unet_tutorial.folder import FolderError, make_synthetic_folder, read_folder, read_mask
+from unet_tutorial.folder import FolderError, read_folder
+from unet_tutorial.masks import read_mask
+from unet_tutorial.synthetic import make_synthetic_folder
 from unet_tutorial import cli
 
 S = 32

@@ -11,7 +11,7 @@ import torch
 
 from unet_tutorial import cli, model as model_mod
 from unet_tutorial.core import BadInput
-from unet_tutorial.folder import make_synthetic_folder
+from unet_tutorial.synthetic import make_synthetic_folder
 
 T = ['--size', '32', '--width', '4', '--batch-size', '8', '--threads', '1', '--device', 'cpu', '--epochs', '1']
 
