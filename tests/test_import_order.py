@@ -121,6 +121,7 @@ ALLOWED = {
     ('04_trainer', 'inference'):   "to be undone by the renumbering (issue 21): shows a trained model's masks with lesson 07's predict",
     ('05_experiments', 'report'):  "to be undone by the renumbering (issue 21): tests and shows the tiny comparison's report (05a)",
     ('07_inference', 'reference'): "to be undone by the renumbering (issue 21): predicts with lesson 07a's reference model",
+    ('18_export', 'reference'):    "to be undone by the renumbering (issue 21): exports lesson 07a's reference model",
     ('06_explore', 'reference'):   "to be undone by the renumbering (issue 21): looks inside lesson 07a's reference model",
     ('09_own_data', 'cli'):        "to be undone by the renumbering (issue 21): runs lesson 08's commands on your own folder",
 }

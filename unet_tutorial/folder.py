@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np, torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .core import BadInput, IGNORE_INDEX, get_device
 from .synthetic import _synth_arrays
 from .loaders import DataLoaders, TensorLoader
 from .losses import pos_weight_from_masks
-from .inference import MAX_PIXELS, load_image
+from .images import MAX_PIXELS, load_image, needs_turning, upright
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'MASK_SUFFIXES', 'SPLITS', 'make_synthetic_folder', 'pair_folder', 'find_pairs', 'split_pairs',
@@ -199,7 +199,7 @@ def read_mask(path, # a mask file: PNG (greyscale, palette, colour, 16-bit), TIF
     "The mask in `path` upright (EXIF applied), as an (H, W) array of its raw values, and its kind: 'grey', 'colour' or '16-bit'."
     with _open(path) as im:
         im.load()
-        if im.getexif().get(0x0112, 1) != 1: im = ImageOps.exif_transpose(im)
+        im = upright(im)
         if im.mode in ('RGBA', 'LA', 'PA') or im.mode == 'P' and 'transparency' in im.info:   # transparent: background, laid on black
             im = Image.alpha_composite(Image.new('RGBA', im.size, 'black'), im.convert('RGBA'))
         if im.mode in ('L', '1'): return np.asarray(im, np.uint8), 'grey'
@@ -247,7 +247,7 @@ def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
     "One pair at `size`: image uint8 (S, S, 3), mask values and codes (S, S), its kind and notes; or `problems`."
     out, problems = dict(notes=[]), []
     try:
-        with _open(img_path) as im: mode, turned = im.mode, im.getexif().get(0x0112, 1) != 1   # the header only
+        with _open(img_path) as im: mode, turned = im.mode, needs_turning(im)   # the header only
         image = load_image(img_path)                                       # upright RGB, as `unet-predict` reads photos
         out['notes'] += [f'{mode} → RGB'] * (mode != 'RGB') + ['turned upright (EXIF)'] * turned
         out['hw'] = (image.height, image.width)
