@@ -19,7 +19,7 @@ from unet_tutorial.folder import FolderError, folder_dls, read_folder, train_siz
 from unet_tutorial.synthetic import make_synthetic_folder
 from unet_tutorial.config import QUICK
 from unet_tutorial.experiments import train_one
-from unet_tutorial import cli, inference
+from unet_tutorial import cli, export, inference
 from unet_tutorial.model import UNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,7 +349,7 @@ def test_onnx_round_trip(ort, base, tmp_path):
             if isinstance(mod, torch.nn.BatchNorm2d): mod.running_mean.uniform_(-.5, .5); mod.running_var.uniform_(.5, 2)
     ckpt = tmp_path/'tiny.pt'
     torch.save(dict(model=m.state_dict(), model_config=m.config, size=S), ckpt)
-    diff = inference.export_onnx(ckpt, tmp_path/'tiny.onnx')
+    diff = export.export_onnx(ckpt, tmp_path/'tiny.onnx')
     print(f'ONNX round trip: max abs difference of the probabilities {diff:.2e}')
     assert 0 <= diff <= 1e-3
     sess = ort.InferenceSession(str(tmp_path/'tiny.onnx'), providers=['CPUExecutionProvider'])
@@ -366,17 +366,17 @@ def test_onnx_round_trip(ort, base, tmp_path):
 
 
 def test_onnx_mismatch_writes_nothing(ort, tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, 'onnx_difference', lambda *a, **k: 0.5)
+    monkeypatch.setattr(export, 'onnx_difference', lambda *a, **k: 0.5)
     with pytest.raises(ValueError, match='not written: .* differ from PyTorch.s by up to 0.5, more than atol=0.001'):
-        inference.export_onnx(UNet(width=4, depth=2), tmp_path/'bad.onnx', size=S)
+        export.export_onnx(UNet(width=4, depth=2), tmp_path/'bad.onnx', size=S)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_onnx_extra_missing_says_how_to_install(tmp_path, monkeypatch, capsys):
-    real = inference.importlib.util.find_spec
-    monkeypatch.setattr(inference.importlib.util, 'find_spec', lambda m, *a: None if m == 'onnxruntime' else real(m, *a))
+    real = export.importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, 'find_spec', lambda m, *a: None if m == 'onnxruntime' else real(m, *a))
     with pytest.raises(ImportError, match=r'needs onnxruntime: pip install unet_tutorial\[onnx\]'):
-        inference.export_onnx(UNet(width=4, depth=2), tmp_path/'x.onnx')
+        export.export_onnx(UNet(width=4, depth=2), tmp_path/'x.onnx')
     torch.save(dict(model=UNet(width=4, depth=2).state_dict(), model_config=UNet(width=4, depth=2).config), tmp_path/'t.pt')
     assert cli.unet_predict(['--checkpoint', str(tmp_path/'t.pt'), '--onnx', str(tmp_path/'x.onnx')]) == 2
     assert 'pip install unet_tutorial[onnx]' in capsys.readouterr().err and not (tmp_path/'x.onnx').exists()

@@ -12,7 +12,8 @@ import unet_tutorial.core as core
 from unet_tutorial.cli import unet_predict
 from unet_tutorial.core import BadInput
 from unet_tutorial.checkpoints import CannotWrite, atomic_save, read_checkpoint
-from unet_tutorial.inference import CheckpointError, ONNX_PACKAGES, export_onnx, load_model, predict_files
+from unet_tutorial.inference import CheckpointError, load_model, predict_files
+from unet_tutorial.export import ONNX_PACKAGES, export_onnx
 from unet_tutorial.model import UNet
 from unet_tutorial.reference import make_reference
 

@@ -23,7 +23,9 @@ from .experiments import Comparison, finished, run_comparison, train_one, unlock
 from .trainer import Trainer
 from .report import results_table, save_figures, summarize, write_results
 from .checkpoints import load_model
-from .inference import MAX_SIZE, export_onnx, onnx_target, predict_files
+from .images import MAX_SIZE
+from .inference import predict_files
+from .export import export_onnx, onnx_target
 from .reference import reference_checkpoint, reference_model
 from .folder import folder_dls
 

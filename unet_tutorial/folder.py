@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from .core import BadInput, IGNORE_INDEX, get_device
 from .loaders import DataLoaders, TensorLoader
 from .losses import pos_weight_from_masks
-from .inference import MAX_PIXELS, load_image
+from .images import MAX_PIXELS, load_image, needs_turning
 from .masks import TooManyPixels, open_capped, read_mask, distinct_values, too_many_values
 from .masks import mask_convention, one_kind, parse_mask_value
 
@@ -178,7 +178,7 @@ def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
     "One pair at `size`: image uint8 (S, S, 3), mask values and codes (S, S), its kind and notes; or `problems`."
     out, problems = dict(notes=[]), []
     try:
-        with open_capped(img_path) as im: mode, turned = im.mode, im.getexif().get(0x0112, 1) != 1   # the header only
+        with open_capped(img_path) as im: mode, turned = im.mode, needs_turning(im)   # the header only
         image = load_image(img_path)                                       # upright RGB, as `unet-predict` reads photos
         out['notes'] += [f'{mode} → RGB'] * (mode != 'RGB') + ['turned upright (EXIF)'] * turned
         out['hw'] = (image.height, image.width)

@@ -9,10 +9,11 @@ from collections import Counter
 from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .core import BadInput
-from .inference import MAX_PIXELS
+from .images import MAX_PIXELS
+from .images import upright
 
 # %% auto #0
 __all__ = ['TooManyPixels', 'open_capped', 'read_mask', 'Colour', 'fmt_value', 'parse_mask_value', 'distinct_values',
@@ -40,7 +41,7 @@ def read_mask(path, # a mask file: PNG (greyscale, palette, colour, 16-bit), TIF
     "The mask in `path` upright (EXIF applied), as an (H, W) array of its raw values, and its kind: 'grey', 'colour' or '16-bit'."
     with open_capped(path) as im:
         im.load()
-        if im.getexif().get(0x0112, 1) != 1: im = ImageOps.exif_transpose(im)
+        im = upright(im)   # lesson 16: the one EXIF path
         if im.mode in ('RGBA', 'LA', 'PA') or im.mode == 'P' and 'transparency' in im.info:   # transparent: background, laid on black
             im = Image.alpha_composite(Image.new('RGBA', im.size, 'black'), im.convert('RGBA'))
         if im.mode in ('L', '1'): return np.asarray(im, np.uint8), 'grey'

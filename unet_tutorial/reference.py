@@ -6,15 +6,15 @@
 __all__ = ['reference_checkpoint', 'reference_model', 'make_reference']
 
 # %% ../nbs/14_reference.ipynb #030578bb
-import io, json
+import io, json, os
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from .core import BadInput
-from .checkpoints import CheckpointError, atomic_save, load_model
-from .inference import _real
+from .checkpoints import atomic_save
+from .checkpoints import CheckpointError, load_model
 
 # %% ../nbs/14_reference.ipynb #9de39941
 def reference_checkpoint() -> Path:
@@ -37,7 +37,7 @@ def make_reference(run_dir, # a finished run's folder: best.pt and metrics.json
                    max_mib:float=4.): # refuse a larger file
     "Save a run's best model in fp16 with its record, as a small checkpoint that `load_model` reads; `out` is replaced only by a checked file."
     run_dir, out = Path(run_dir), Path(out)
-    if _real(out) in {_real(run_dir/'best.pt'), _real(run_dir/'metrics.json')}:
+    if os.path.realpath(out) in {os.path.realpath(run_dir/'best.pt'), os.path.realpath(run_dir/'metrics.json')}:  # links resolved
         raise BadInput(f"{out} is a file of the run it packages: choose another --out")
     model, ckpt = load_model(run_dir/'best.pt', 'cpu')
     record = {**json.loads((run_dir/'metrics.json').read_text()), 'command': command, 'source': run_dir.name}
