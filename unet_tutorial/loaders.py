@@ -208,7 +208,7 @@ def get_dls(root, # a folder holding `oxford-iiit-pet/`
         dls[k] = TensorLoader(im.to(store), masks.to(store), batch_size, k == 'train', k == 'train' and augment, device, seed)
     return DataLoaders(dls['train'], dls['valid'], dls['test'], dls['train'].masks, dropped)
 
-# %% ../nbs/00b_loaders.ipynb #a238bb03
+# %% ../nbs/00b_loaders.ipynb #ffb9b139
 def limit_train(dls, # `DataLoaders` (or any object with a `.train` `TensorLoader` and `.train_masks`)
                 limit:int|None # at most this many training images; None: all
                ):
