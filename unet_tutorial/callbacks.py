@@ -65,7 +65,7 @@ class LRFinder(Callback):
         self.start, self.end, self.steps, self.beta = start, end, steps, beta
     def lr(self, k:int) -> float: # the step of the search, from 0
         "The rate of step `k` of the search: `start` raised exponentially to `end` at step `steps - 1`."
-        return self.start * (self.end / self.start) ** (k / (self.steps - 1))
+        return self.start * (self.end / self.start) ** (k / max(self.steps - 1, 1))
     def _set(self, t, lr):
         for g in t.opt.param_groups: g['lr'] = lr
     def before_fit(self, t):
