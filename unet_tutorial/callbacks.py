@@ -6,7 +6,7 @@
 __all__ = ['EVENTS', 'Callback', 'ProgressCB', 'LRFinder']
 
 # %% ../nbs/08_callbacks.ipynb #762ab801
-import math, sys, warnings
+import copy, math, sys, warnings
 from fastcore.imports import in_notebook
 from fastprogress.fastprogress import master_bar, progress_bar
 
@@ -63,16 +63,22 @@ class LRFinder(Callback):
                  steps:int=100,          # batches in the search (at most)
                  beta:float=0.9):        # smoothing of the recorded loss (an exponential moving average)
         self.start, self.end, self.steps, self.beta = start, end, steps, beta
+    def lr(self, k:int) -> float: # the step of the search, from 0
+        "The rate of step `k` of the search: `start` raised exponentially to `end` at step `steps - 1`."
+        return self.start * (self.end / self.start) ** (k / max(self.steps - 1, 1))
+    def _set(self, t, lr):
+        for g in t.opt.param_groups: g['lr'] = lr
     def before_fit(self, t):
-        self.lrs, self.losses, self.avg, self.saved = [], [], 0., t.cfg
-        t.cfg = t.cfg.replace(lr=self.start, schedule=None)
+        self.lrs, self.losses, self.avg = [], [], 0.
+        self.saved, self.owned = copy.deepcopy(t.state_dict()), t.schedule_lr   # the trainer as it was: given back after
+        t.schedule_lr = False; self._set(t, self.lr(0))                        # the finder sets the rate, not the schedule
     def after_batch(self, t):
         self.avg = self.beta * self.avg + (1 - self.beta) * t.loss.item()      # one host sync a step: fine for a search
         smooth = self.avg / (1 - self.beta ** (len(self.lrs) + 1))             # bias-corrected, as Adam does
-        self.lrs.append(t.cfg.lr); self.losses.append(smooth)
+        self.lrs.append(t.opt.param_groups[0]['lr']); self.losses.append(smooth)   # the rate that step used
         if len(self.lrs) >= self.steps or not math.isfinite(smooth) or smooth > 4 * min(self.losses): t.request_stop()
-        else: t.cfg = t.cfg.replace(lr=self.start * (self.end / self.start) ** (len(self.lrs) / (self.steps - 1)))
-    def after_fit(self, t): t.cfg = self.saved
+        else: self._set(t, self.lr(len(self.lrs)))
+    def after_fit(self, t): t.load_state_dict(self.saved); t.schedule_lr = self.owned
     def suggestion(self) -> float:
         "A tenth of the learning rate at the lowest smoothed loss (a warning if the loss was still falling at the end)."
         i = min(range(len(self.losses)), key=self.losses.__getitem__)

@@ -156,7 +156,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
     if threads or quick: torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
     _check_out(out)                # a folder of the user's files: refused before anything is written there
     check_writable(out, '--out')   # before anything is written there (the synthetic data of --quick, say)
-    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds); write_results(cmp)
+    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds, device=dev); write_results(cmp)
     finally: torch.set_num_threads(old)
     print(results_table(summarize(cmp.records)), f"\nResults, table and figures in {out}/", sep='\n')
     return cmp
@@ -392,7 +392,7 @@ def _train_folder(cfg, exp, data, out:Path, dev, init, **split):
     what = f"{exp.label}, seed {cfg.seed}{', fine-tuned from the reference model' if init is not None else ''}"
     print(f"{what}: finished already" if finished(run_dir, cfg.epochs) else
           f"{what}: {cfg.epochs} epochs on {dls.train.n} images ({dev})")
-    rec = train_one(cfg, dls, run_dir, init=init)
+    rec = train_one(cfg, dls, run_dir, init=init, device=dev)
     _write_report(out, dls, settings)
     return rec, run_dir, dls
 

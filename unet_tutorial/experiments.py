@@ -17,7 +17,7 @@ import torch
 from .core import BadInput, cpu_kind, get_device
 from .checkpoints import atomic_save, check_writable
 from .data import check_pets_root, read_split, split_trainval, validate_pets
-from .loaders import TensorLoader, get_dls
+from .loaders import dls_for, limit_train
 from .model import build_model, check_trainable, count_params, get_experiment
 from .checkpoints import load_model
 from .losses import SegMetrics, get_loss, pos_weight_from_masks
@@ -45,10 +45,10 @@ def _hardware(device):
     return f"{device.type.upper()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads; {cpu_kind()})"
 
 def _record(cfg, hist, model, test, best_ckpt, test_s, trainer, n_train):
-    "The JSON record of a finished run: its configuration, test metrics, validation summary and timing."
+    "The JSON record of a finished run: its configuration and the trainer's settings, test metrics, validation summary and timing."
     exp = get_experiment(cfg.experiment)
     return dict(experiment=exp.key, name=exp.name, label=exp.label, seed=cfg.seed, epochs=len(hist),
-                config=asdict(cfg), model=dict(down=exp.down, up=exp.up, loss=exp.loss),
+                config=asdict(cfg), trainer=trainer.settings, model=dict(down=exp.down, up=exp.up, loss=exp.loss),
                 params=count_params(model), test=test,
                 valid=dict(best_loss=min(h['valid_loss'] for h in hist), best_epoch=best_ckpt['epoch'],
                            best_iou=max(h['iou'] for h in hist)),
@@ -65,20 +65,25 @@ def finished(run_dir, epochs:int): # a run's folder; the epochs asked for
     if f.exists() and (rec := json.loads(f.read_text()))['epochs'] >= epochs: return rec
 
 def train_one(cfg:RunConfig, # the run: its experiment, seed and every training setting
-              dls, # `DataLoaders` from `get_dls`
+              dls, # `DataLoaders` from `dls_for` (or `get_dls`, `folder_dls`); a `cfg.limit` below its training images is applied
               run_dir, # this run's folder: checkpoints, history.json, metrics.json
               progress:bool=True, # show the trainer's progress bar and table of epochs
-              init:dict=None): # weights to start from (fine-tuning, e.g. the reference model's `state_dict()`); None: random
+              init:dict=None, # weights to start from (fine-tuning, e.g. the reference model's `state_dict()`); None: random
+              device=None): # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
     "Train, resume or skip (when finished) one run; return its record."
     exp, run_dir = get_experiment(cfg.experiment), Path(run_dir)
     if rec := finished(run_dir, cfg.epochs): return rec
-    try: check_trainable(exp, cfg.width, cfg.depth, get_device(cfg.device))   # how many GB, before any is allocated
+    try: device = get_device(cfg.device) if device is None else device
+    except ValueError as e: raise BadInput(str(e)) from None
+    try: check_trainable(exp, cfg.width, cfg.depth, device)   # how many GB, before any is allocated
     except ValueError as e: raise BadInput(str(e).replace('UNet: ', '')) from None
+    dls = limit_train(dls, cfg.limit)   # `limit` counts training images, on every path (a no-op when already applied)
     torch.manual_seed(cfg.seed)
     model = build_model(exp, width=cfg.width, depth=cfg.depth)
     if init is not None: model.load_state_dict(init)   # a resumed run then loads its last.pt over these
     pos_weight = pos_weight_from_masks(dls.train_masks) if 'bce' in exp.loss else None
-    trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, cfg, out_dir=run_dir, cbs=None if progress else ())
+    trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, cfg, out_dir=run_dir,
+                      cbs=None if progress else (), device=device)
     hist = trainer.fit(resume=True)
     if len(hist) < cfg.epochs: raise KeyboardInterrupt  # stopped by SIGINT/SIGTERM: last.pt holds the finished epochs
     best, ckpt = load_model(run_dir/'best.pt', trainer.device)
@@ -130,17 +135,12 @@ def _check_settings(out, settings):
     atomic_save(settings, f)
 
 def _load_data(root, cfg, device):
-    "The `DataLoaders` for `cfg` (at most `cfg.limit` training images), with every data problem a `BadInput`."
+    "The `DataLoaders` for `cfg` (`dls_for`: at most `cfg.limit` training images), with every data problem a `BadInput`."
     try:
-        try: dls = get_dls(root, size=cfg.size, batch_size=cfg.batch_size, border=cfg.border, augment=cfg.augment,
-                           device=device, drop_bad=cfg.drop_bad_trimaps)
+        try: return dls_for(cfg, root, device)
         except ValueError: validate_pets(root); raise  # a bad file: list every bad file of both splits
     except (FileNotFoundError, ValueError) as e: raise BadInput(str(e)) from None
-    if cfg.limit and cfg.limit < dls.train.n:  # a seeded subset of the training images; valid and test stay whole
-        t, keep = dls.train, torch.randperm(dls.train.n, generator=torch.Generator().manual_seed(42))[:cfg.limit]
-        dls.train = TensorLoader(t.images[keep], t.masks[keep], t.batch_size, True, t.augment, t.device, 42)
-        dls.train_masks = dls.train.masks
-    return dls
+
 
 # %% ../nbs/12_experiments.ipynb #cba16247
 def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iiit-pet/...`)
@@ -149,16 +149,18 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
                    experiments=(1, 2, 3, 4), # keys, names or `ExperimentConfig`s
                    seeds=(0,), # one run per experiment and seed
                    progress:bool=True, # show each run's progress bar and table of epochs
-                   log=print): # one line per run goes here
+                   log=print, # one line per run goes here
+                   device=None): # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here, once
     "Train every experiment with every seed (skipping finished runs, resuming unfinished ones); their `Comparison`."
     try: exps = list(dict.fromkeys(get_experiment(e) for e in experiments))  # in order, without repeats
     except ValueError as e: raise BadInput(str(e)) from e
     seeds = list(dict.fromkeys(seeds))
-    try:   # every run's settings and the memory each model needs, before anything is written
+    try:   # every run's settings, the device (once, for every run) and the memory each model needs, before anything is written
         for s in seeds: cfg.replace(seed=s)
-        for e in exps: check_trainable(e, cfg.width, cfg.depth, get_device(cfg.device))
+        device = get_device(cfg.device) if device is None else device
+        for e in exps: check_trainable(e, cfg.width, cfg.depth, device)
     except ValueError as e: raise BadInput(str(e).replace('RunConfig: ', '').replace('UNet: ', '')) from None
-    try: root, device = check_pets_root(root), get_device(cfg.device)
+    try: root = check_pets_root(root)
     except (FileNotFoundError, ValueError) as e: raise BadInput(str(e)) from None
     check_writable(out)   # a read-only folder, a file, a full disk: said at once, not after the data has loaded
     settings = settings_of(cfg, data_fingerprint(_splits(root)), Path(root).name)
@@ -169,7 +171,7 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
         run = cfg.replace(experiment=exp.key, seed=seed)
         run_dir, what = Path(out)/exp.name/f"seed{seed}", f"[{i + 1}/{len(todo)}] {exp.label}, seed {seed}"
         if not finished(run_dir, cfg.epochs): log(f"{what}: {cfg.epochs} epochs on {dls.train.n} images ({device})")
-        records.append(train_one(run, dls, run_dir, progress))
+        records.append(train_one(run, dls, run_dir, progress, device=device))
         log(f"{what}: test IoU {records[-1]['test']['iou']:.3f}, pixel accuracy "
             f"{records[-1]['test']['pixel_accuracy']:.2%}, {records[-1]['epochs']} epochs")
     settings.update(seeds=seeds, experiments=[e.key for e in exps])

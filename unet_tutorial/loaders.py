@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_loaders.ipynb #ece06351
 from __future__ import annotations
-import hashlib, math, os, pickle, random, sys
+import copy, hashlib, math, os, pickle, random, sys
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from fastcore.basics import store_attr
@@ -14,7 +14,7 @@ from .data import _read_pair, _report, check_pets_root, normalize, read_split, s
 
 # %% auto #0
 __all__ = ['MIN_PET', 'cache_dir', 'load_cached', 'pet_fraction', 'bad_trimaps', 'augment_batch', 'TensorLoader', 'DataLoaders',
-           'get_dls', 'trimap_stats']
+           'get_dls', 'limit_train', 'dls_for', 'trimap_stats']
 
 # %% ../nbs/03_loaders.ipynb #220e8694
 def cache_dir() -> Path:
@@ -166,11 +166,12 @@ def get_dls(root, # a folder holding `oxford-iiit-pet/`
             border='background', # what the trimap border becomes: 'background' | 'pet' | 'ignore'
             valid_pct=0.2, seed=42, # the stratified split of trainval (the seed also drives shuffling and augmentation)
             device=None, # default: `default_device()`
-            limit=None, # at most this many items per split (seeded subset), for tests and quick runs
+            per_split=None, # at most this many items of each split (seeded subset), for tests and quick looks
             augment=True, # flips and scale/crop for the train loader
             on_device=True, # hold the tensors on `device` and augment there, or keep them on the CPU
             cache=None, # tensor cache folder (default: `cache_dir()`)
-            drop_bad=True # leave out failed annotations (`bad_trimaps`, pet fraction under `MIN_PET`); False keeps all
+            drop_bad=True, # leave out failed annotations (`bad_trimaps`, pet fraction under `MIN_PET`); False keeps all
+            limit=None # the former name of `per_split`, still accepted (a run's `limit` counts training images: `dls_for`)
            ) -> DataLoaders:
     "Train (shuffled, augmented), valid and test loaders of Oxford-IIIT Pet from the tensor cache; `.dropped` names what was left out"
     root, device = check_pets_root(root), get_device(device)
@@ -184,7 +185,8 @@ def get_dls(root, # a folder holding `oxford-iiit-pet/`
     for k in ('train', 'valid'):
         if not names[k]: raise ValueError(f"{src[k]} lists {len(tvn)} image(s): too few for a {k} split with valid_pct={valid_pct}; "
                                           f"list more images, or choose a valid_pct that leaves images on both sides")
-    if limit: names = {k: sorted(random.Random(seed).sample(s, min(limit, len(s)))) for k, s in names.items()}
+    if limit is not None and per_split is not None: raise ValueError('get_dls: pass per_split, or its former name limit, not both')
+    if (per_split := per_split or limit): names = {k: sorted(random.Random(seed).sample(s, min(per_split, len(s)))) for k, s in names.items()}
     tv = sorted(names['train'] + names['valid'])
     ims, tris = load_cached(root, tv, size, cache)
     pos, store = {n: i for i, n in enumerate(tv)}, device if on_device else torch.device('cpu')
@@ -205,6 +207,32 @@ def get_dls(root, # a folder holding `oxford-iiit-pet/`
                                                     f"check the trimaps in {ann/'trimaps'} or list other images")
         dls[k] = TensorLoader(im.to(store), masks.to(store), batch_size, k == 'train', k == 'train' and augment, device, seed)
     return DataLoaders(dls['train'], dls['valid'], dls['test'], dls['train'].masks, dropped)
+
+# %% ../nbs/03_loaders.ipynb #ffb9b139
+def limit_train(dls, # `DataLoaders` (or any object with a `.train` `TensorLoader` and `.train_masks`)
+                limit:int|None # at most this many training images; None: all
+               ):
+    "`dls` with a seeded subset of at most `limit` training images (valid and test whole); `dls` itself when it has no more"
+    t = dls.train
+    if not limit or getattr(t, 'n', None) is not None and t.n <= limit: return dls
+    if not hasattr(t, 'images'):
+        raise ValueError(f'limit={limit}: cannot take a subset of the training loader, a {type(t).__name__}; pass loaders of at most '
+                         f'{limit} training images, or a configuration with limit=None')
+    keep = torch.randperm(t.n, generator=torch.Generator().manual_seed(42))[:limit]   # the subset of every version since 0.1
+    out = copy.copy(dls)                                                 # valid, test, `.dropped` (and `.data`) unchanged
+    out.train = TensorLoader(t.images[keep], t.masks[keep], t.batch_size, t.shuffle, t.augment, t.device, 42)
+    out.train_masks = out.train.masks
+    return out
+
+def dls_for(cfg, # a `RunConfig` (lesson 07), or any object with its fields size, batch_size, border, augment, drop_bad_trimaps, limit, device
+            root, # a folder holding `oxford-iiit-pet/`
+            device=None, # the device, resolved once by the caller (default: `cfg.device`, resolved here)
+            **kwargs # more for `get_dls`: cache, on_device, valid_pct, seed (the split's seed, not the run's)
+           ) -> DataLoaders:
+    "The loaders a run's configuration describes: `get_dls` with its data fields, then at most `cfg.limit` training images"
+    dls = get_dls(root, size=cfg.size, batch_size=cfg.batch_size, border=cfg.border, augment=cfg.augment,
+                  device=cfg.device if device is None else device, drop_bad=cfg.drop_bad_trimaps, **kwargs)
+    return limit_train(dls, cfg.limit)
 
 # %% ../nbs/03_loaders.ipynb #508f1d82
 def trimap_stats(trimaps, # uint8 trimaps (N,H,W)

@@ -13,6 +13,7 @@ from fastcore.basics import patch, store_attr
 
 from .core import BadInput, _loader_gen, _seed_loader, amp_policy, get_device, get_rng_state, set_rng_state, set_seed
 from .checkpoints import atomic_save, clean_tmp, read_checkpoint
+from .loaders import limit_train
 from .losses import SegMetrics
 from .config import RunConfig, sched_factor
 from .callbacks import ProgressCB
@@ -34,12 +35,16 @@ class Trainer:
                  clip:float|None=None,  # clip the gradients' global norm to this; None: no clipping
                  compile:bool=False,    # run the model through `torch.compile`
                  deterministic:bool=False, # deterministic kernels, for bit-exact repeats (slower on a GPU)
-                 cbs=None):             # `Callback`s; None: a `ProgressCB`; () for none
+                 cbs=None,              # `Callback`s; None: a `ProgressCB`; () for none
+                 device=None):          # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
         self.cfg = cfg = RunConfig() if cfg is None else cfg
-        store_attr('model,loss_fn,dls,clip,monitor')
+        store_attr('model,loss_fn,clip,monitor,deterministic')
+        self.dls = dls = limit_train(dls, cfg.limit)   # a run's `limit` counts training images, whoever built the loaders
         if monitor not in _MONITORS: raise ValueError(f'monitor={monitor!r}: use one of {_MONITORS}')
         set_seed(cfg.seed, deterministic); _seed_loader(dls.train, cfg.seed)
-        self.device = get_device(cfg.device)
+        if device is not None and cfg.device and torch.device(cfg.device).type != torch.device(device).type:
+            raise ValueError(f'Trainer: device={str(device)!r}, but the configuration says device={cfg.device!r}: pass one of them')
+        self.device = get_device(cfg.device) if device is None else torch.device(device)
         self.amp_dtype, scaled = amp_policy(self.device, cfg.amp)
         self.channels_last = self.device.type in ('cuda', 'cpu') if cfg.channels_last is None else cfg.channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -54,6 +59,7 @@ class Trainer:
         self.cbs = sorted([ProgressCB()] if cbs is None else list(cbs), key=lambda c: getattr(c, 'order', 0))
         self.epoch, self.step, self.history, self.best = 0, 0, [], None  # the run's state, saved in checkpoints
         self.wrote = False  # whether this trainer has written to out_dir (fit refuses to overwrite another run)
+        self.schedule_lr = True  # set the rate from `cfg`'s schedule before each step; False: a callback sets it (`LRFinder`)
         self.epochs = self.total_steps = self.stop_requested = self.stopped = self.size = None  # set by `fit`
         self.batch = self.loss = self.recent_loss = None  # the current batch, for callbacks
 
@@ -119,7 +125,8 @@ def train_epoch(self:Trainer):
     losses, sizes = torch.full((len(dl),), float('nan'), device=self.device), torch.zeros(len(dl))
     t0 = t_read = time.perf_counter()
     for i, (x, y) in enumerate(dl):
-        self._set_lr(); self.batch = i
+        if self.schedule_lr: self._set_lr()
+        self.batch = i
         self.loss = losses[i] = self.train_step(x, y); sizes[i], self.size = len(x), x.shape[-1]
         if time.perf_counter() - t_read > 0.5 or i + 1 == len(dl):  # read the device at most twice a second
             self.check_losses(losses, i + 1); t_read = time.perf_counter()
@@ -143,13 +150,30 @@ def _cb(self:Trainer, event:str): # one of `EVENTS`
 class _Stop(Exception): "Raised inside `fit` to stop cleanly after a signal."
 
 # %% ../nbs/10_trainer.ipynb #a5b230ff
+@patch(as_prop=True)
+def settings(self:Trainer) -> dict:
+    "The trainer's own arguments that change a run's results: written into every checkpoint and metrics.json, checked on resume."
+    return dict(monitor=self.monitor, clip=self.clip, deterministic=self.deterministic)
+
 @patch
 def state_dict(self:Trainer) -> dict:
     "Everything needed to rebuild the model and continue the run exactly."
     return dict(model=self.model.state_dict(), model_config=getattr(self.model, 'config', None), size=self.size,
                 epoch=self.epoch, step=self.step, epochs=self.epochs, history=self.history, best=self.best,
-                monitor=self.monitor, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
+                monitor=self.monitor, trainer=self.settings, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                 rng=get_rng_state(), data_rng=g.get_state() if (g := _loader_gen(self.dls.train)) else None)
+
+def _same_settings(mine, ckpt, where):
+    "A `BadInput` naming `where` when the trainer settings `ckpt` recorded differ from `mine`; those it lacks (older versions) are not checked."
+    old = {**mine, **({'monitor': ckpt['monitor']} if 'monitor' in ckpt else {}), **(ckpt.get('trainer') or {})}   # 0.1: none; 0.2: monitor
+    if old['monitor'] != mine['monitor']:
+        raise BadInput(f"{where}: this run picks best.pt by monitor={old['monitor']!r}, not {mine['monitor']!r}: resuming would "
+                       f"compare {mine['monitor']} with its best {old['monitor']} ({ckpt['best']}). Resume with "
+                       f"monitor={old['monitor']!r}, or start a new run in another out_dir.")
+    if diff := [k for k in mine if old.get(k, mine[k]) != mine[k]]:
+        k = diff[0]
+        raise BadInput(f"{where}: this run was trained with {k}={old[k]!r}, not {k}={mine[k]!r}: a run resumes with the "
+                       f"settings it started with. Resume with {k}={old[k]!r}, or start a new run in another out_dir.")
 
 _CKPT_KEYS = ('model', 'optimizer', 'scaler', 'rng', 'epoch', 'step', 'history', 'best')
 
@@ -170,10 +194,7 @@ def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `
     where = path if path is not None else 'the checkpoint'
     if why := _not_a_run(where, ckpt):
         raise BadInput(f"{why}. A Trainer resumes only from the last.pt or best.pt that `Trainer.save` wrote.")
-    if (old := ckpt.get('monitor', self.monitor)) != self.monitor:   # checkpoints before 0.2 did not record it
-        raise BadInput(f"{where}: this run picks best.pt by monitor={old!r}, not {self.monitor!r}: resuming would "
-                       f"compare {self.monitor} with its best {old} ({ckpt['best']}). Resume with monitor={old!r}, "
-                       "or start a new run in another out_dir.")
+    _same_settings(self.settings, ckpt, where)
     try:
         self.model.load_state_dict(ckpt['model']); self.opt.load_state_dict(ckpt['optimizer'])
         if ckpt['scaler'] and self.scaler.is_enabled(): self.scaler.load_state_dict(ckpt['scaler'])  # fp16 runs only
