@@ -1,10 +1,9 @@
 """Smoke test of bench/bench_train.py on a tiny synthetic copy of the pets: it runs both loops and ends with `speedup X`."""
 import os, re, subprocess, sys
-from pathlib import Path
 
 from unet_tutorial.synthetic import make_synthetic_pets
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO as ROOT
 
 
 def test_bench_train_runs(tmp_path):

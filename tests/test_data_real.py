@@ -4,9 +4,7 @@ or env UNET_TUTORIAL_DATA).
 They read the files directly with PIL, independently of the code under test, and skip with a message when the data is
 not there. The synthetic-data tests live in nbs/01_data.ipynb and nbs/03_loaders.ipynb (run by nbdev_test).
 """
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +14,9 @@ from PIL import Image
 from unet_tutorial.data import IGNORE_INDEX, breed_of, read_split, split_trainval, trimap_to_mask, validate_pets
 from unet_tutorial.loaders import MIN_PET, bad_trimaps, get_dls, load_cached, trimap_stats
 
-ROOT = Path(os.environ.get('UNET_TUTORIAL_DATA') or Path(__file__).resolve().parents[1].parent/'shared/data/pets128')
+from conftest import PETS as ROOT, needs_pets
 BASE = ROOT/'oxford-iiit-pet'
-pytestmark = pytest.mark.skipif(not (BASE/'annotations'/'trainval.txt').exists(),
-    reason=f'real Oxford-IIIT Pet not found at {BASE} (set UNET_TUTORIAL_DATA to a folder holding oxford-iiit-pet/)')
+pytestmark = needs_pets
 
 
 @pytest.fixture(scope='module')

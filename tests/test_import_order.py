@@ -7,7 +7,7 @@ unet_tutorial.x`, at any depth (inside functions too)."""
 import ast, json, re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO as ROOT
 PKG, NBS = ROOT/'unet_tutorial', ROOT/'nbs'
 GENERATED = {'__init__', '_modidx'}   # nbdev's: not modules of a lesson
 
@@ -119,7 +119,6 @@ ALLOWED = {
     ('01_data', 'synthetic'):      "to be undone by the renumbering (issue 21): falls back to lesson 02's synthetic pets without the data",
     ('08_callbacks', 'trainer'):  "to be undone by the renumbering (issue 21): its demos run callbacks in lesson 10's Trainer",
     ('10_trainer', 'inference'):   "to be undone by the renumbering (issue 21): shows a trained model's masks with lesson 17's predict",
-    ('12_experiments', 'report'):  "to be undone by the renumbering (issue 21): tests and shows the tiny comparison's report (lesson 13)",
 }
 
 

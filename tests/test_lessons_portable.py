@@ -1,11 +1,10 @@
 """Every lesson runs where learners run it (Colab, any folder) after `pip install unet_tutorial`: its Colab cell
 installs the package version that matches the notebook, and it needs nothing from the dev tools or the repo."""
 import configparser, json, re
-from pathlib import Path
 
 import pytest
 
-root = Path(__file__).resolve().parent.parent
+from conftest import REPO as root
 lessons = sorted((root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb'))
 
 def _version():

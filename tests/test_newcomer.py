@@ -4,12 +4,11 @@ that path, so this test copies those lessons into an empty folder where no data 
 `nbdev_test` does (IN_TEST=1, `#| slow` and `#| cuda` cells skipped). Without the data the notebook step already ran
 them that way, so the test skips rather than run them twice."""
 import os, shutil, subprocess, sys
-from pathlib import Path
 
 import pytest
 from unet_tutorial.data import find_pets
 
-root = Path(__file__).resolve().parent.parent
+from conftest import REPO as root
 uses_data = sorted(p for p in (root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb') if 'find_pets()' in p.read_text())
 RUN = ("import sys; from pathlib import Path; from nbdev.test import test_nb; "
        "ok, _ = test_nb(Path(sys.argv[1]), skip_flags=['slow', 'cuda']); sys.exit(0 if ok else 1)")

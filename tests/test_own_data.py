@@ -22,7 +22,7 @@ from unet_tutorial.experiments import train_one
 from unet_tutorial import cli, export, inference
 from unet_tutorial.model import UNet
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO as ROOT, images_by_name, masks_by_name
 N, S = 10, 32   # pairs per folder and their side: tiny, so that every test reads in milliseconds
 
 
@@ -50,13 +50,6 @@ def copy_folder(base, dest, mask=None, image=None):
     return dest
 
 
-def masks_by_name(data):
-    "{name: mask (S, S) as read}, whatever the split."
-    return {n: data.masks[s][i, 0].numpy() for s, ns in data.names.items() for i, n in enumerate(ns)}
-
-
-def images_by_name(data):
-    return {n: data.images[s][i].numpy() for s, ns in data.names.items() for i, n in enumerate(ns)}
 
 
 def _palette(m, stem):

@@ -1,9 +1,6 @@
 """The reference model shipped in the package: it loads, it is small, and on the real test split it scores what its
 record says (within 0.01 IoU), and `unet-predict` uses it when no checkpoint is given."""
-import os
-from pathlib import Path
 
-import pytest
 import torch
 
 from unet_tutorial.config import RunConfig
@@ -15,8 +12,7 @@ from unet_tutorial.reference import reference_checkpoint, reference_model
 import numpy as np
 from PIL import Image
 
-ROOT = Path(os.environ.get('UNET_TUTORIAL_DATA') or Path(__file__).resolve().parents[1].parent/'shared/data/pets128')
-HAVE_DATA = (ROOT/'oxford-iiit-pet'/'annotations'/'test.txt').exists()
+from conftest import PETS as ROOT, needs_pets
 
 
 def test_reference_loads_and_is_small():
@@ -32,7 +28,7 @@ def test_reference_loads_and_is_small():
     assert out.shape == (1, 1, cfg.size, cfg.size)
 
 
-@pytest.mark.skipif(not HAVE_DATA, reason=f'real Oxford-IIIT Pet not found at {ROOT}')
+@needs_pets
 def test_reference_scores_its_record_on_the_test_split():
     model, rec = reference_model('cpu')
     cfg = RunConfig.from_dict(rec['config'])
@@ -47,7 +43,7 @@ def test_reference_scores_its_record_on_the_test_split():
     assert abs(metrics['pixel_accuracy'] - rec['test']['pixel_accuracy']) <= 0.01, (metrics, rec['test'])
 
 
-@pytest.mark.skipif(not HAVE_DATA, reason=f'real Oxford-IIIT Pet not found at {ROOT}')
+@needs_pets
 def test_unet_predict_without_checkpoint_uses_the_reference(tmp_path, capsys):
     "`unet-predict photos --out preds`: no checkpoint needed; masks have each photo's size and cover the pets."
     base, photos, truths = ROOT/'oxford-iiit-pet', tmp_path/'photos', {}

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from conftest import masks_by_name
 import torch
 from PIL import Image
 
@@ -30,9 +31,6 @@ def pets(tmp_path):
     "12 synthetic pets with 0/255 masks."
     return make_synthetic_folder(tmp_path/'pets', n=12, size=S)
 
-
-def masks_by_name(data):
-    return {n: data.masks[s][i, 0].numpy() for s, ns in data.names.items() for i, n in enumerate(ns)}
 
 
 def truth(root, name): return (np.asarray(Image.open(root/'masks'/f'{name}.png')) > 0).astype(np.uint8)
