@@ -210,12 +210,8 @@ def check_size(size, # the side images are squashed to for the model
                depth:int, # the U-Net's number of halvings: the size must divide by 2**depth
               ) -> int:
     "`size`, if it is a positive multiple of 2**depth of at most `MAX_SIZE`; else `BadInput` starting 'size' that says what to use."
-    m = 2**depth
-    if isinstance(size, bool) or not isinstance(size, int) or not m <= size <= MAX_SIZE or size % m:
-        near = min(max(m, round(size / m) * m if isinstance(size, (int, float)) else 128), MAX_SIZE // m * m)
-        raise BadInput(f"size must be a multiple of {m} (2**depth of this model) from {m} to {MAX_SIZE}, "
-                       f"e.g. {near}; got {size!r}")
-    return size
+    from unet_tutorial import model   # lesson 02's one size rule, with this lesson's largest size
+    return model.check_size(size, depth, top=MAX_SIZE)
 
 def predict_files(images, # image files to segment
                   checkpoint, # a checkpoint written by training (best.pt), or the `(model, ckpt)` pair `load_model` returns
