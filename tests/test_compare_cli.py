@@ -165,7 +165,7 @@ def test_nan_loss_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     assert cli.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
     err = capsys.readouterr().err
     assert 'epoch 1, step 3' in err and 'lower --lr' in err and 'Traceback' not in err
-    options = set(cli._parser(cli.compare, 'unet-compare')._option_string_actions)
+    options = set(cli._parser(cli.compare, 'unet-compare', cli.COMPARE_FIELDS)._option_string_actions)
     named = set(re.findall(r'--[a-z][a-z_-]*', err))
     assert named and named <= options, named - options          # it only suggests options unet-compare has
     assert 'clip' not in err and 'amp=' not in err

@@ -8,7 +8,7 @@ import dataclasses, hashlib, json, math
 from dataclasses import dataclass, asdict, fields
 
 from .data import BORDERS   # what a trimap's border pixels become (lesson 01)
-from .model import MAX_DEPTH, MAX_WIDTH   # the largest U-Net lesson 05 builds
+from .model import MAX_DEPTH, MAX_WIDTH, ConfigError, check_size   # lesson 05: the largest U-Net, the size rule
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'DATA_CHANGES', 'RunConfig',
@@ -18,50 +18,50 @@ __all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS'
 SCHEDULES = (None, 'cosine', 'onecycle')     # learning-rate schedules of the trainer (lesson 10)
 AMPS = ('auto', 'bf16', 'fp16', 'off')       # mixed-precision choices (lesson 10)
 
+def _one_of(ok): return ', '.join(map(repr, ok[:-1])) + f' or {ok[-1]!r}'   # None, 'cosine' or 'onecycle'
+
 @dataclass(frozen=True)
 class RunConfig:
     "Everything that defines one training run; frozen, so a run's settings cannot drift."
     experiment: int = 1           # key of the experiment (model and loss), see `EXPERIMENTS`
-    size: int = 128               # images are resized to size × size pixels
+    size: int = 128               # side images are resized to, a multiple of 2**depth
     width: int = 64               # channels of the U-Net's first stage (doubling at each stage down)
     depth: int = 4                # number of halvings (the size must divide by 2**depth)
     batch_size: int = 32          # images per training step
     epochs: int = 15              # passes over the training images
     lr: float = 1e-3              # Adam's learning rate (the peak, with a schedule)
-    schedule: str|None = None     # None (constant), 'cosine' or 'onecycle'
-    amp: str = 'auto'             # 'auto', 'bf16', 'fp16' or 'off'
+    schedule: str|None = None     # learning-rate schedule: None (constant), 'cosine' or 'onecycle'
+    amp: str = 'auto'             # mixed precision: 'auto', 'bf16', 'fp16' or 'off'
     channels_last: bool|None = None  # NHWC memory format; None: where it is faster (CUDA and CPU)
     augment: bool = True          # random flips and zoom of the training images
     border: str = 'background'    # the trimap border as 'background', 'pet' or 'ignore'
-    limit: int|None = None        # use at most this many training images (None: all)
+    limit: int|None = None        # use at most this many training images (None: all of them)
     seed: int = 0                 # initial weights, batch order and augmentation
-    device: str|None = None       # 'cpu', 'cuda', 'mps' ...; None: the best available
+    device: str|None = None       # 'cpu', 'cuda', 'cuda:N' or 'mps'; None: the best available
     drop_bad_trimaps: bool = True # leave the failed annotations (lesson 03's `bad_trimaps`) out of training and scoring
 
-    def __post_init__(self):
+    def __post_init__(self):   # every problem is a `ConfigError` naming its field (lesson 02)
         for k, lo in (('size', 16), ('width', 1), ('depth', 1), ('batch_size', 1), ('epochs', 1)):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f'RunConfig: {k} must be an integer of at least {lo} (got {v!r})')
+                raise ConfigError(k, f'must be an integer of at least {lo} (got {v!r})')
         for k, hi in (('width', MAX_WIDTH), ('depth', MAX_DEPTH)):   # before 2**depth is computed or a U-Net is built
             if getattr(self, k) > hi:
-                raise ValueError(f'RunConfig: {k} must be at most {hi} (got {getattr(self, k)}); the presets use widths of 8 to 64 and a depth of 4')
-        if self.size % 2**self.depth:
-            raise ValueError(f'RunConfig: size {self.size} does not divide by 2**depth = {2**self.depth}; '
-                             f'use a multiple of {2**self.depth}, e.g. {self.size // 2**self.depth * 2**self.depth or 2**self.depth}')
-        if not self.lr > 0: raise ValueError(f'RunConfig: lr must be positive (got {self.lr!r})')
+                raise ConfigError(k, f'must be at most {hi} (got {getattr(self, k)}); the presets use widths of 8 to 64 and a depth of 4')
+        check_size(self.size, self.depth)   # lesson 02's one rule: a multiple of 2**depth
+        if not self.lr > 0: raise ConfigError('lr', f'must be positive (got {self.lr!r})')
         for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
-            if getattr(self, k) not in ok: raise ValueError(f'RunConfig: {k}={getattr(self, k)!r} is not one of {ok}')
-        if self.limit is not None and self.limit < 1: raise ValueError('RunConfig: limit must be at least 1 or None')
+            if getattr(self, k) not in ok: raise ConfigError(k, f"must be {_one_of(ok)} (got {getattr(self, k)!r})")
+        if self.limit is not None and self.limit < 1: raise ConfigError('limit', f'must be at least 1 (got {self.limit!r})')
         if self.size == 2**self.depth and (self.batch_size == 1 or self.limit == 1):   # BatchNorm needs 2 values a channel
-            one = 'batch_size 1' if self.batch_size == 1 else 'limit 1'
-            raise ValueError(f'RunConfig: size {self.size} with depth {self.depth} leaves a 1×1 bottleneck, where BatchNorm cannot '
-                             f'train on a batch of one image ({one}): use a size of {2 * self.size} or more (a 2×2 bottleneck), '
-                             f"or {'a batch_size of 2 or more' if self.batch_size == 1 else 'a limit of 2 or more'}")
+            k = 'batch_size' if self.batch_size == 1 else 'limit'
+            raise ConfigError('size', lambda n: f"{n('size')} {self.size} with {n('depth')} {self.depth} leaves a 1×1 bottleneck, "
+                              f"where BatchNorm cannot train on a batch of one image ({n(k)} 1): use a {n('size')} of "
+                              f"{2 * self.size} or more (a 2×2 bottleneck), or a {n(k)} of 2 or more")
         if not isinstance(self.drop_bad_trimaps, bool):
-            raise ValueError(f'RunConfig: drop_bad_trimaps must be True or False (got {self.drop_bad_trimaps!r})')
+            raise ConfigError('drop_bad_trimaps', f'must be True or False (got {self.drop_bad_trimaps!r})')
         if not 0 <= self.seed < 2**32:   # NumPy's limit (`set_seed` seeds NumPy too)
-            raise ValueError(f'RunConfig: seed must be from 0 to {2**32 - 1} (2**32 - 1) (got {self.seed})')
+            raise ConfigError('seed', f'must be from 0 to {2**32 - 1} (2**32 - 1) (got {self.seed})')
 
     def replace(self, **kw) -> RunConfig:
         "A copy with the fields in `kw` changed (and checked)."

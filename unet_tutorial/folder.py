@@ -215,12 +215,8 @@ def train_size(size:int, # the side images are resized to for training
                depth:int=4, # the U-Net's number of halvings
               ) -> int:
     "`size` if training at `depth` can use it (a multiple of 2**depth, as `RunConfig` asks), else a `BadInput` suggesting the two nearest sizes."
-    m = 2**depth
-    if isinstance(size, int) and not isinstance(size, bool) and size >= m and size % m == 0: return size
-    lo = max(m, int(size) // m * m) if isinstance(size, (int, float)) else m
-    raise BadInput(f"size {size!r} does not divide by 2**depth = {m}: the U-Net takes any size, but training resizes every "
-                   f"image to one square side that halves exactly {depth} times (no padding, and the run configuration "
-                   f"refuses other sizes), so use {lo}{f' or {lo + m}' if lo < size else ''}")
+    from unet_tutorial.model import check_size   # lesson 02's one size rule, the one `RunConfig` asks
+    return check_size(size, depth)
 
 # %% ../nbs/20_own_data.ipynb #a0309aef
 @dataclass

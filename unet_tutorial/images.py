@@ -14,8 +14,8 @@ import numpy as np
 import torch, torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .core import BadInput
 from .checkpoints import why_not_a_file
+from . import model   # lesson 05: the size rule
 
 # %% ../nbs/16_images.ipynb #8092ee81
 ORIENTATION = 0x0112  # the EXIF tag of the camera's orientation: 1 upright, 3 upside down, 6 and 8 a quarter turn, 2/4/5/7 mirrored
@@ -97,10 +97,5 @@ MAX_SIZE = 2048  # the largest training size a prediction (or a comparison) acce
 def check_size(size, # the side images are squashed to for the model
                depth:int, # the U-Net's number of halvings: the size must divide by 2**depth
               ) -> int:
-    "`size`, if it is a positive multiple of 2**depth of at most `MAX_SIZE`; else `BadInput` starting 'size' that says what to use."
-    m = 2**depth
-    if isinstance(size, bool) or not isinstance(size, int) or not m <= size <= MAX_SIZE or size % m:
-        near = min(max(m, round(size / m) * m if isinstance(size, (int, float)) else 128), MAX_SIZE // m * m)
-        raise BadInput(f"size must be a multiple of {m} (2**depth of this model) from {m} to {MAX_SIZE}, "
-                       f"e.g. {near}; got {size!r}")
-    return size
+    "`size`, if it is a positive multiple of 2**depth of at most `MAX_SIZE`; else lesson 05's `ConfigError` on 'size', which says what to use."
+    return model.check_size(size, depth, top=MAX_SIZE)   # lesson 05's one size rule, with the largest size here

@@ -256,12 +256,14 @@ def describe(cmp): # a `Comparison`
             f"{'/'.join(prec)} on {', '.join(hw)}; the border counted as {c['border']}, {trimaps}; "
             "metrics on the official test split.")
 
-def write_results(cmp): # a `Comparison`
+def write_results(cmp, # a `Comparison`
+                  title:str='U-Net comparison', # the heading of results.md
+                  about:list=None): # paragraphs before the table (default: `describe(cmp)`, then the seeds' table and the analysis after it)
     "Write results.json (strict JSON: NaN and infinities as null), results.md and the figures into the comparison's output folder, each atomically."
     rows = summarize(cmp.records)
     atomic_save(dict(settings=cmp.settings, runs=cmp.records, summary=rows), cmp.out/'results.json')
-    md = ['# U-Net comparison', describe(cmp), results_table(rows), '## The seed\'s numbers', seed_table(rows),
-          '## Analysis', analysis(rows, mean_image_ious(cmp))]
+    md = [f'# {title}', *(about or [describe(cmp)]), results_table(rows)]
+    if about is None: md += ['## The seed\'s numbers', seed_table(rows), '## Analysis', analysis(rows, mean_image_ious(cmp))]
     atomic_save('\n\n'.join(md) + '\n', cmp.out/'results.md')
     save_figures(cmp, cmp.out)
 
