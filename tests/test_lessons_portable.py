@@ -5,7 +5,7 @@ import configparser, json, re
 import pytest
 
 from conftest import REPO as root
-lessons = sorted((root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb'))
+lessons = [root/'nbs'/'tour.ipynb'] + sorted((root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb'))   # the tour first, as a learner
 
 def _version():
     cfg = configparser.ConfigParser(); cfg.read(root/'settings.ini')
