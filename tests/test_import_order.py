@@ -118,7 +118,6 @@ def test_the_checker_catches_an_upward_import():
 ALLOWED = {
     ('01_data', 'synthetic'):      "to be undone by the renumbering (issue 21): falls back to lesson 02's synthetic pets without the data",
     ('08_callbacks', 'trainer'):  "to be undone by the renumbering (issue 21): its demos run callbacks in lesson 10's Trainer",
-    ('10_trainer', 'inference'):   "to be undone by the renumbering (issue 21): shows a trained model's masks with lesson 17's predict",
 }
 
 

@@ -42,19 +42,9 @@ class Trainer:
         self.dls = dls = limit_train(dls, cfg.limit)   # a run's `limit` counts training images, whoever built the loaders
         if monitor not in _MONITORS: raise ValueError(f'monitor={monitor!r}: use one of {_MONITORS}')
         set_seed(cfg.seed, deterministic); _seed_loader(dls.train, cfg.seed)
-        if device is not None and cfg.device and torch.device(cfg.device).type != torch.device(device).type:
-            raise ValueError(f'Trainer: device={str(device)!r}, but the configuration says device={cfg.device!r}: pass one of them')
-        self.device = get_device(cfg.device) if device is None else torch.device(device)
-        self.amp_dtype, scaled = amp_policy(self.device, cfg.amp)
-        self.channels_last = self.device.type in ('cuda', 'cpu') if cfg.channels_last is None else cfg.channels_last
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=fmt)
-        if self.device.type == 'cuda': torch.backends.cudnn.benchmark = not deterministic
+        scaled = self._place(device)   # the device, the AMP policy, the memory format; the model moved there
         self.fwd = torch.compile(self.model) if compile else self.model
-        params = list(self.model.parameters())
-        try: self.opt = torch.optim.Adam(params, lr=cfg.lr, fused=self.device.type in ('cuda', 'mps'))  # one kernel
-        except RuntimeError: self.opt = torch.optim.Adam(params, lr=cfg.lr)  # this torch has no fused Adam for the device
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=scaled)
+        self._make_optimizer(scaled)   # Adam and the GradScaler
         self.metrics, self.out_dir = SegMetrics(), None if out_dir is None else Path(out_dir)
         self.cbs = sorted([ProgressCB()] if cbs is None else list(cbs), key=lambda c: getattr(c, 'order', 0))
         self.epoch, self.step, self.history, self.best = 0, 0, [], None  # the run's state, saved in checkpoints
@@ -62,6 +52,29 @@ class Trainer:
         self.schedule_lr = True  # set the rate from `cfg`'s schedule before each step; False: a callback sets it (`LRFinder`)
         self.epochs = self.total_steps = self.stop_requested = self.stopped = self.size = None  # set by `fit`
         self.batch = self.loss = self.recent_loss = None  # the current batch, for callbacks
+
+# %% ../nbs/10_trainer.ipynb #c6648bd2
+@patch
+def _place(self:Trainer, device=None): # resolved by the caller; None: `cfg.device`, resolved here
+    "Pick the device, the AMP policy and the memory format, and move the model there; returns whether fp16 needs a scaler."
+    cfg = self.cfg
+    if device is not None and cfg.device and torch.device(cfg.device).type != torch.device(device).type:
+        raise ValueError(f'Trainer: device={str(device)!r}, but the configuration says device={cfg.device!r}: pass one of them')
+    self.device = get_device(cfg.device) if device is None else torch.device(device)
+    self.amp_dtype, scaled = amp_policy(self.device, cfg.amp)
+    self.channels_last = self.device.type in ('cuda', 'cpu') if cfg.channels_last is None else cfg.channels_last
+    fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+    self.model.to(self.device, memory_format=fmt)
+    if self.device.type == 'cuda': torch.backends.cudnn.benchmark = not self.deterministic
+    return scaled
+
+@patch
+def _make_optimizer(self:Trainer, scaled:bool): # whether the AMP policy needs a `GradScaler` (fp16)
+    "Adam at `cfg.lr` (fused on CUDA and MPS, where this torch has it) and the `GradScaler` (a no-op unless `scaled`)."
+    params = list(self.model.parameters())
+    try: self.opt = torch.optim.Adam(params, lr=self.cfg.lr, fused=self.device.type in ('cuda', 'mps'))  # one kernel
+    except RuntimeError: self.opt = torch.optim.Adam(params, lr=self.cfg.lr)  # this torch has no fused Adam for the device
+    self.scaler = torch.amp.GradScaler(self.device.type, enabled=scaled)
 
 # %% ../nbs/10_trainer.ipynb #9d6acdf9
 @patch
@@ -117,6 +130,18 @@ def check_losses(self:Trainer, losses, upto:int): # the epoch's per-step losses;
     raise FloatingPointError(f'Loss is {losses[i].item()} at epoch {self.epoch + 1}, step {i + 1} of {len(losses)}: '
                              f'training stopped.{kept} Try a lower lr, clip=1.0, or amp="off".')
 
+# %% ../nbs/10_trainer.ipynb #326d3035
+@patch
+def _set_lr(self:Trainer):
+    "Set the learning rate the schedule gives for the current step."
+    pct = self.step / self.total_steps if self.total_steps else 0.
+    for g in self.opt.param_groups: g['lr'] = self.cfg.lr * sched_factor(self.cfg.schedule, pct)
+
+@patch
+def _cb(self:Trainer, event:str): # one of `EVENTS`
+    "Call `event` on every callback that has it, in their order."
+    for cb in self.cbs: getattr(cb, event, lambda t: None)(self)
+
 # %% ../nbs/10_trainer.ipynb #d30264c9
 @patch
 def train_epoch(self:Trainer):
@@ -136,17 +161,6 @@ def train_epoch(self:Trainer):
     mean = float((losses.cpu() * sizes).sum() / sizes.sum())  # waits for the last kernel: the timing is honest
     return mean, int(sizes.sum()), time.perf_counter() - t0
 
-@patch
-def _set_lr(self:Trainer):
-    "Set the learning rate the schedule gives for the current step."
-    pct = self.step / self.total_steps if self.total_steps else 0.
-    for g in self.opt.param_groups: g['lr'] = self.cfg.lr * sched_factor(self.cfg.schedule, pct)
-
-@patch
-def _cb(self:Trainer, event:str): # one of `EVENTS`
-    "Call `event` on every callback that has it, in their order."
-    for cb in self.cbs: getattr(cb, event, lambda t: None)(self)
-
 class _Stop(Exception): "Raised inside `fit` to stop cleanly after a signal."
 
 # %% ../nbs/10_trainer.ipynb #a5b230ff
@@ -163,18 +177,7 @@ def state_dict(self:Trainer) -> dict:
                 monitor=self.monitor, trainer=self.settings, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                 rng=get_rng_state(), data_rng=g.get_state() if (g := _loader_gen(self.dls.train)) else None)
 
-def _same_settings(mine, ckpt, where):
-    "A `BadInput` naming `where` when the trainer settings `ckpt` recorded differ from `mine`; those it lacks (older versions) are not checked."
-    old = {**mine, **({'monitor': ckpt['monitor']} if 'monitor' in ckpt else {}), **(ckpt.get('trainer') or {})}   # 0.1: none; 0.2: monitor
-    if old['monitor'] != mine['monitor']:
-        raise BadInput(f"{where}: this run picks best.pt by monitor={old['monitor']!r}, not {mine['monitor']!r}: resuming would "
-                       f"compare {mine['monitor']} with its best {old['monitor']} ({ckpt['best']}). Resume with "
-                       f"monitor={old['monitor']!r}, or start a new run in another out_dir.")
-    if diff := [k for k in mine if old.get(k, mine[k]) != mine[k]]:
-        k = diff[0]
-        raise BadInput(f"{where}: this run was trained with {k}={old[k]!r}, not {k}={mine[k]!r}: a run resumes with the "
-                       f"settings it started with. Resume with {k}={old[k]!r}, or start a new run in another out_dir.")
-
+# %% ../nbs/10_trainer.ipynb #2e3cc8f3
 _CKPT_KEYS = ('model', 'optimizer', 'scaler', 'rng', 'epoch', 'step', 'history', 'best')
 
 def _not_a_run(where, ckpt):
@@ -187,6 +190,19 @@ def _not_a_run(where, ckpt):
             f"a dict with keys {', '.join(map(repr, list(ckpt)[:6]))}{', ...' if len(ckpt) > 6 else ''}")
     return f"{where}: not a training checkpoint: it lacks {', '.join(missing)}; it is {what}"
 
+def _same_settings(mine, ckpt, where):
+    "A `BadInput` naming `where` when the trainer settings `ckpt` recorded differ from `mine`; those it lacks (older versions) are not checked."
+    old = {**mine, **({'monitor': ckpt['monitor']} if 'monitor' in ckpt else {}), **(ckpt.get('trainer') or {})}   # 0.1: none; 0.2: monitor
+    if old['monitor'] != mine['monitor']:
+        raise BadInput(f"{where}: this run picks best.pt by monitor={old['monitor']!r}, not {mine['monitor']!r}: resuming would "
+                       f"compare {mine['monitor']} with its best {old['monitor']} ({ckpt['best']}). Resume with "
+                       f"monitor={old['monitor']!r}, or start a new run in another out_dir.")
+    if diff := [k for k in mine if old.get(k, mine[k]) != mine[k]]:
+        k = diff[0]
+        raise BadInput(f"{where}: this run was trained with {k}={old[k]!r}, not {k}={mine[k]!r}: a run resumes with the "
+                       f"settings it started with. Resume with {k}={old[k]!r}, or start a new run in another out_dir.")
+
+# %% ../nbs/10_trainer.ipynb #18f1bd64
 @patch
 def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `read_checkpoint('last.pt')`)
                     path=None): # the file `ckpt` came from, named in error messages
@@ -195,6 +211,16 @@ def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `
     if why := _not_a_run(where, ckpt):
         raise BadInput(f"{why}. A Trainer resumes only from the last.pt or best.pt that `Trainer.save` wrote.")
     _same_settings(self.settings, ckpt, where)
+    self._load_weights(ckpt, where)
+    set_rng_state(ckpt['rng'])
+    g = _loader_gen(self.dls.train)
+    if g is not None and ckpt.get('data_rng') is not None: g.set_state(ckpt['data_rng'])
+    self.epoch, self.step, self.history, self.best = ckpt['epoch'], ckpt['step'], ckpt['history'], ckpt['best']
+    self.size = ckpt.get('size')
+
+@patch
+def _load_weights(self:Trainer, ckpt:dict, where): # a training checkpoint; its file, for messages
+    "Load the model's, the optimizer's and (fp16 runs) the scaler's states from `ckpt`; a `BadInput` naming `where` when they do not fit."
     try:
         self.model.load_state_dict(ckpt['model']); self.opt.load_state_dict(ckpt['optimizer'])
         if ckpt['scaler'] and self.scaler.is_enabled(): self.scaler.load_state_dict(ckpt['scaler'])  # fp16 runs only
@@ -202,11 +228,6 @@ def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(f"{where}: its weights do not fit this model or optimizer ({first}); resume with the model "
                        "that wrote it, or start a new run in another out_dir.") from None
-    set_rng_state(ckpt['rng'])
-    g = _loader_gen(self.dls.train)
-    if g is not None and ckpt.get('data_rng') is not None: g.set_state(ckpt['data_rng'])
-    self.epoch, self.step, self.history, self.best = ckpt['epoch'], ckpt['step'], ckpt['history'], ckpt['best']
-    self.size = ckpt.get('size')
 
 # %% ../nbs/10_trainer.ipynb #27a1f57e
 @patch
@@ -299,6 +320,7 @@ def _checkpoint(self:Trainer, row):
     self.save('last')
     if self.out_dir is not None: atomic_save(self.history, self.out_dir/'history.json')
 
+# %% ../nbs/10_trainer.ipynb #a5b37e6a
 Trainer.how_to_resume = 'fit({epochs}, resume=True)'   # what continues a run; the commands say 'the same command again'
 
 @patch
