@@ -7,6 +7,7 @@ __all__ = ['EVENTS', 'Callback', 'ProgressCB', 'LRFinder']
 
 # %% ../nbs/08_callbacks.ipynb #762ab801
 import copy, math, sys, warnings
+from fastcore.basics import patch
 from fastcore.imports import in_notebook
 from fastprogress.fastprogress import master_bar, progress_bar
 
@@ -22,13 +23,14 @@ class Callback:
     def after_epoch(self, trainer): pass
     def after_fit(self, trainer): pass
 
-# %% ../nbs/08_callbacks.ipynb #97c7173d
+# %% ../nbs/08_callbacks.ipynb #fa4a4788
 _COLS = ('epoch', 'train_loss', 'valid_loss', 'iou', 'dice', 'lr', 'seconds', 'images_per_s')
 
 def _live():
     "True where a progress bar can redraw itself: in Jupyter, or in a terminal (not in a log file)."
     return in_notebook() or sys.stdout.isatty()
 
+# %% ../nbs/08_callbacks.ipynb #de436d8a
 class ProgressCB(Callback):
     "A live progress bar and table of epochs in Jupyter or a terminal; plain table rows where output goes to a file."
     order = 10
@@ -54,7 +56,7 @@ class ProgressCB(Callback):
         if self.mb is not None: self.mb.write(cells, table=True)
         else: print(' '.join(f'{c:>12}' for c in cells), flush=True)
 
-# %% ../nbs/08_callbacks.ipynb #d06579de
+# %% ../nbs/08_callbacks.ipynb #a3ec75ad
 class LRFinder(Callback):
     "Raise the lr exponentially from `start` to `end` over `steps` batches, record the smoothed loss, stop when it explodes."
     order = -5   # before the progress display
@@ -79,15 +81,20 @@ class LRFinder(Callback):
         if len(self.lrs) >= self.steps or not math.isfinite(smooth) or smooth > 4 * min(self.losses): t.request_stop()
         else: self._set(t, self.lr(len(self.lrs)))
     def after_fit(self, t): t.load_state_dict(self.saved); t.schedule_lr = self.owned
-    def suggestion(self) -> float:
-        "A tenth of the learning rate at the lowest smoothed loss (a warning if the loss was still falling at the end)."
-        i = min(range(len(self.losses)), key=self.losses.__getitem__)
-        if i == len(self.losses) - 1: warnings.warn('LRFinder: the loss was still falling at the last rate; search up to a higher `end`')
-        return self.lrs[i] / 10
-    def plot(self, ax=None):
-        "The smoothed loss against the learning rate (log scale), with the suggestion marked; returns the axes."
-        import matplotlib.pyplot as plt
-        if ax is None: _, ax = plt.subplots(figsize=(5, 3))
-        ax.semilogx(self.lrs, self.losses); ax.axvline(self.suggestion(), color='C1', ls='--', label=f'suggestion {self.suggestion():.1e}')
-        ax.set(xlabel='learning rate', ylabel='smoothed training loss', title='Learning-rate finder'); ax.legend()
-        return ax
+
+# %% ../nbs/08_callbacks.ipynb #6a9ec9c5
+@patch
+def suggestion(self:LRFinder) -> float:
+    "A tenth of the learning rate at the lowest smoothed loss (a warning if the loss was still falling at the end)."
+    i = min(range(len(self.losses)), key=self.losses.__getitem__)
+    if i == len(self.losses) - 1: warnings.warn('LRFinder: the loss was still falling at the last rate; search up to a higher `end`')
+    return self.lrs[i] / 10
+
+@patch
+def plot(self:LRFinder, ax=None):
+    "The smoothed loss against the learning rate (log scale), with the suggestion marked; returns the axes."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
+    ax.semilogx(self.lrs, self.losses); ax.axvline(self.suggestion(), color='C1', ls='--', label=f'suggestion {self.suggestion():.1e}')
+    ax.set(xlabel='learning rate', ylabel='smoothed training loss', title='Learning-rate finder'); ax.legend()
+    return ax

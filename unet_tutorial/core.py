@@ -106,7 +106,7 @@ def _seed_loader(dl, seed):
 # %% ../nbs/00_core.ipynb #043eecc4
 class BadInput(ValueError): "A problem with the user's input (data, options), reported as a plain message."
 
-# %% ../nbs/00_core.ipynb #e72a60d1
+# %% ../nbs/00_core.ipynb #aa582feb
 _NO_ANSWER = 'no answer yet: fill in the cell above and run it'
 
 def _short(x, n:int=60) -> str:
@@ -121,19 +121,24 @@ def _numeric(x) -> bool:
     if isinstance(x, (int, float, np.number, torch.Tensor, np.ndarray)): return True
     return isinstance(x, (list, tuple)) and len(x) > 0 and all(_numeric(v) and not isinstance(v, (list, tuple)) for v in x)
 
+# %% ../nbs/00_core.ipynb #4e93dfa4
+def _numbers_differ(got, expected, eps) -> str|None:
+    "None when the numbers `got` are within `eps` of `expected` (NaN matching NaN); else what is wrong with `got`."
+    try: g = torch.as_tensor(np.asarray(got.detach().cpu() if isinstance(got, torch.Tensor) else got, dtype=np.float64))
+    except (TypeError, ValueError): return f'your answer {_short(got)} is not a number, a tensor or an array'
+    e = torch.as_tensor(np.asarray(expected.detach().cpu() if isinstance(expected, torch.Tensor) else expected, dtype=np.float64))
+    if g.shape != e.shape: return f'your answer has shape {tuple(g.shape)}, the expected one {tuple(e.shape)}'
+    off = ~torch.isclose(g, e, rtol=0, atol=eps) & ~(g.isnan() & e.isnan())
+    if not off.any(): return None
+    d = (g - e).abs()[off].max().item()
+    if g.ndim == 0: return f'your answer {g.item():.6g} is off by {d:.3g} (tolerance {eps:g})'
+    return f'your answer {_short(got)} is off at {int(off.sum())} of {off.numel()} values (largest difference {d:.3g})'
+
+# %% ../nbs/00_core.ipynb #97b614d3
 def _how_it_differs(got, expected, eps) -> str|None:
     "None when `got` matches `expected`; else what is wrong with `got`, said without giving the expected value away."
     exact_int = isinstance(expected, int) and not isinstance(got, float)   # an int answer is compared exactly
-    if _numeric(expected) and not exact_int:
-        try: g = torch.as_tensor(np.asarray(got.detach().cpu() if isinstance(got, torch.Tensor) else got, dtype=np.float64))
-        except (TypeError, ValueError): return f'your answer {_short(got)} is not a number, a tensor or an array'
-        e = torch.as_tensor(np.asarray(expected.detach().cpu() if isinstance(expected, torch.Tensor) else expected, dtype=np.float64))
-        if g.shape != e.shape: return f'your answer has shape {tuple(g.shape)}, the expected one {tuple(e.shape)}'
-        off = ~torch.isclose(g, e, rtol=0, atol=eps) & ~(g.isnan() & e.isnan())
-        if not off.any(): return None
-        d = (g - e).abs()[off].max().item()
-        if g.ndim == 0: return f'your answer {g.item():.6g} is off by {d:.3g} (tolerance {eps:g})'
-        return f'your answer {_short(got)} is off at {int(off.sum())} of {off.numel()} values (largest difference {d:.3g})'
+    if _numeric(expected) and not exact_int: return _numbers_differ(got, expected, eps)
     if got == expected: return None
     if isinstance(got, (list, tuple)) and isinstance(expected, (list, tuple)):
         if len(got) != len(expected): return f'your answer has {len(got)} items, the expected one {len(expected)}'
@@ -141,6 +146,7 @@ def _how_it_differs(got, expected, eps) -> str|None:
         return f'your answer differs first at position {i}, where it has {_short(got[i])}'
     return f'your answer {_short(got)} is not the expected one'
 
+# %% ../nbs/00_core.ipynb #b6b680d7
 def check(answer,          # the learner's result, or a function of no argument that computes it
           expected,        # the reference result (a number, tensor, array, or anything `==` compares)
           eps:float=1e-4,  # tolerance for numbers, tensors and arrays

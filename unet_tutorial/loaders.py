@@ -31,21 +31,44 @@ def _cache_file(base, names, size, cache=None):
             except FileNotFoundError: stats.append('missing')
     return Path(cache or cache_dir())/f"pets{size}_{h(str(base.resolve()))}_{h(' '.join(names))}_{h(' '.join(stats))}.pt"
 
-# %% ../nbs/03_loaders.ipynb #9f3e5887
-def load_cached(root, # a folder holding `oxford-iiit-pet/`
-                names, # image names, in the order wanted
-                size=128, # side S every image is resized to
-                cache=None # cache folder (default: `cache_dir()`)
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    "(images uint8 (N,3,S,S), trimaps uint8 (N,S,S)) of `names`, decoded once and cached on disk"
-    base, keys = check_pets_root(root)/'oxford-iiit-pet', sorted(set(names))   # one cache whatever the order
-    fn = _cache_file(base, keys, size, cache)
-    d = _load_cache(fn, keys, size) if fn.exists() else None
-    if d is None: d = _build_cache(base, keys, size, fn)
-    pos = {n: i for i, n in enumerate(keys)}
-    idx = torch.tensor([pos[n] for n in names], dtype=torch.long)
-    return d['images'][idx], d['trimaps'][idx]
+# %% ../nbs/03_loaders.ipynb #f64b533e
+def _decode(base, names, size):
+    "{'names', 'images' uint8 (N,3,S,S), 'trimaps' uint8 (N,S,S)} of `names`, decoded from the files; every bad file reported at once"
+    imgs, tris, errs = np.empty((len(names), size, size, 3), np.uint8), np.empty((len(names), size, size), np.uint8), []
+    for i, n in enumerate(names):
+        try: imgs[i], tris[i] = _read_pair(base, n, size)
+        except ValueError as e: errs.append(str(e))
+    _report(errs, len(names), base)                                     # never a silently misaligned mask
+    images, trimaps = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(tris)
+    return {'names': list(names), 'images': images, 'trimaps': trimaps}
 
+# %% ../nbs/03_loaders.ipynb #cbb4d5da
+_UNWRITABLE = set()   # cache folders already said to be unwritable: one notice each
+
+def _write_cache(d, fn) -> bool:
+    "Save `d` to the cache file `fn` atomically, removing stale versions; False (after a notice) where `fn`'s folder cannot be written"
+    tmp = fn.with_suffix(f'.tmp{os.getpid()}')
+    try:
+        fn.parent.mkdir(parents=True, exist_ok=True)
+        for old in fn.parent.glob(fn.name.rsplit('_', 1)[0] + '_*.pt'): old.unlink(missing_ok=True)   # stale versions
+        try: torch.save(d, tmp); os.replace(tmp, fn)                    # atomic
+        finally: tmp.unlink(missing_ok=True)                            # a failed write leaves no partial file
+    except (OSError, RuntimeError) as e:   # a read-only or full cache folder: decode into memory instead, every time
+        if isinstance(e, RuntimeError) and not any(s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'write')): raise
+        if fn.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(fn.parent)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:80]
+            print(f'unet_tutorial: cannot write the tensor cache in {fn.parent} ({why}); decoding the images into memory '
+                  'instead, at every run. Set UNET_TUTORIAL_CACHE to a writable folder to cache them.', file=sys.stderr)
+        return False
+    return True
+
+def _build_cache(base, names, size, fn):
+    "Decode `names` and save them to the cache file `fn`; returns them (memory-mapped from `fn`, or in memory if it cannot be written)"
+    d = _decode(base, names, size)
+    return torch.load(fn, mmap=True, weights_only=True) if _write_cache(d, fn) else d   # mmap: read only what is used
+
+# %% ../nbs/03_loaders.ipynb #f0c8f9de
 def _load_cache(fn, names, size):
     "The cache `fn` if it holds `names` at `size`; else None, with a one-line notice naming the file (it is rebuilt)"
     try:
@@ -61,33 +84,22 @@ def _load_cache(fn, names, size):
     print(f'unet_tutorial: the tensor cache {fn} is unusable ({why}); rebuilding it from the image files', file=sys.stderr)
     return None
 
-_UNWRITABLE = set()   # cache folders already said to be unwritable: one notice each
+# %% ../nbs/03_loaders.ipynb #5ed635cc
+def load_cached(root, # a folder holding `oxford-iiit-pet/`
+                names, # image names, in the order wanted
+                size=128, # side S every image is resized to
+                cache=None # cache folder (default: `cache_dir()`)
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    "(images uint8 (N,3,S,S), trimaps uint8 (N,S,S)) of `names`, decoded once and cached on disk"
+    base, keys = check_pets_root(root)/'oxford-iiit-pet', sorted(set(names))   # one cache whatever the order
+    fn = _cache_file(base, keys, size, cache)
+    d = _load_cache(fn, keys, size) if fn.exists() else None
+    if d is None: d = _build_cache(base, keys, size, fn)
+    pos = {n: i for i, n in enumerate(keys)}
+    idx = torch.tensor([pos[n] for n in names], dtype=torch.long)
+    return d['images'][idx], d['trimaps'][idx]
 
-def _build_cache(base, names, size, fn):
-    "Decode `names` and save them to the cache file `fn`; returns them (memory-mapped from `fn`, or in memory if it cannot be written)"
-    imgs, tris, errs = np.empty((len(names), size, size, 3), np.uint8), np.empty((len(names), size, size), np.uint8), []
-    for i, n in enumerate(names):
-        try: imgs[i], tris[i] = _read_pair(base, n, size)
-        except ValueError as e: errs.append(str(e))
-    _report(errs, len(names), base)                                     # never a silently misaligned mask
-    images, trimaps = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(tris)
-    d, tmp = {'names': list(names), 'images': images, 'trimaps': trimaps}, fn.with_suffix(f'.tmp{os.getpid()}')
-    try:
-        fn.parent.mkdir(parents=True, exist_ok=True)
-        for old in fn.parent.glob(fn.name.rsplit('_', 1)[0] + '_*.pt'): old.unlink(missing_ok=True)   # stale versions
-        try: torch.save(d, tmp); os.replace(tmp, fn)                    # atomic
-        finally: tmp.unlink(missing_ok=True)                            # a failed write leaves no partial file
-    except (OSError, RuntimeError) as e:   # a read-only or full cache folder: decode into memory instead, every time
-        if isinstance(e, RuntimeError) and not any(s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'write')): raise
-        if fn.parent not in _UNWRITABLE:
-            _UNWRITABLE.add(fn.parent)
-            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:80]
-            print(f'unet_tutorial: cannot write the tensor cache in {fn.parent} ({why}); decoding the images into memory '
-                  'instead, at every run. Set UNET_TUTORIAL_CACHE to a writable folder to cache them.', file=sys.stderr)
-        return d
-    return torch.load(fn, mmap=True, weights_only=True)                # mmap: read only what is used
-
-# %% ../nbs/03_loaders.ipynb #4ea62c64
+# %% ../nbs/03_loaders.ipynb #308ddeff
 MIN_PET = 0.005   # pet fraction under which a trimap is a failed annotation: on the real data 0% (failures), then 1.2% and up
 
 def pet_fraction(trimaps # uint8 trimaps (N,H,W) with 1 = pet
@@ -95,7 +107,9 @@ def pet_fraction(trimaps # uint8 trimaps (N,H,W) with 1 = pet
     "The share of pet pixels of each trimap, float64 (N,)"
     return (torch.as_tensor(trimaps) == 1).flatten(1).double().mean(1)
 
+# %% ../nbs/03_loaders.ipynb #f0903876
 def _bad(trimaps, names, min_pet):
+    "The names among `names` whose trimap (of `trimaps`, in the same order) has a pet fraction under `min_pet`"
     if not 0 <= min_pet < 1: raise ValueError(f'min_pet is a share of pixels in [0, 1), not {min_pet!r}')
     return [n for n, f in zip(names, pet_fraction(trimaps).tolist()) if f < min_pet]
 
@@ -160,7 +174,51 @@ class DataLoaders:
         drop = f"; dropped {'/'.join(str(len(d[k])) for k in ('train', 'valid', 'test'))} failed trimaps" if any(d.values()) else ''
         return f'DataLoaders(train={self.train.n}, valid={self.valid.n}, test={self.test.n} items{drop})'
 
-# %% ../nbs/03_loaders.ipynb #17758e92
+# %% ../nbs/03_loaders.ipynb #b08e1563
+def _split_names(root, valid_pct, seed):
+    "Two dicts by split ('train', 'valid', 'test'): its image names and the list file they come from; a split that cannot be made is refused"
+    ann = root/'oxford-iiit-pet'/'annotations'
+    src = dict(train=ann/'trainval.txt', valid=ann/'trainval.txt', test=ann/'test.txt')
+    tvn, test = read_split(root, 'trainval'), read_split(root, 'test')
+    for f, ns in ((src['train'], tvn), (src['test'], test)):
+        if not ns: raise ValueError(f'{f} lists no image: put one image name per line in it (as in the official list), '
+                                    f'or restore it from annotations.tar.gz')
+    names = dict(zip(('train', 'valid'), split_trainval(tvn, valid_pct, seed)), test=test)
+    for k in ('train', 'valid'):
+        if not names[k]: raise ValueError(f"{src[k]} lists {len(tvn)} image(s): too few for a {k} split with valid_pct={valid_pct}; "
+                                          f"list more images, or choose a valid_pct that leaves images on both sides")
+    return names, src
+
+# %% ../nbs/03_loaders.ipynb #4ce7826a
+def _split_tensors(root, names, size, cache):
+    "{'train', 'valid', 'test'}: (images uint8 (N,3,S,S), trimaps uint8 (N,S,S)) of `names`, from the tensor cache"
+    tv = sorted(names['train'] + names['valid'])
+    ims, tris = load_cached(root, tv, size, cache)
+    pos = {n: i for i, n in enumerate(tv)}
+    sel = lambda ns: torch.tensor([pos[n] for n in ns], dtype=torch.long)
+    return dict(train=(ims[sel(names['train'])], tris[sel(names['train'])]), valid=(ims[sel(names['valid'])], tris[sel(names['valid'])]),
+                test=load_cached(root, names['test'], size, cache))
+
+# %% ../nbs/03_loaders.ipynb #0ff55367
+def _drop_failed(k, im, tri, names, src, drop_bad):
+    "Split `k`'s images and trimaps without its failed annotations (if `drop_bad`), and the names left out; refused if none is left"
+    dropped = _bad(tri, names, MIN_PET) if drop_bad else []
+    if dropped:
+        bad = set(dropped); keep = torch.tensor([n not in bad for n in names])
+        im, tri = im[keep], tri[keep]
+    if not len(tri): raise ValueError(f'every image of the {k} split ({len(dropped)}, from {src}) has a failed trimap '
+                                      f'(pet fraction under {MIN_PET:.1%}), so none is left: list other images, or pass drop_bad=False')
+    return im, tri, dropped
+
+def _split_masks(k, tri, border, src):
+    "Split `k`'s trimaps as masks uint8 (N,1,S,S); refused when no mask marks a pet pixel"
+    masks = trimap_to_mask(tri, border)[:, None]                        # (N, 1, S, S)
+    if not (masks == 1).any(): raise ValueError(f'no trimap of the {k} split ({len(tri)} images from {src}) marks a pet pixel '
+                                                f"(value 1), so it has nothing to {'learn' if k == 'train' else 'score'}: "
+                                                f"check the trimaps in {src.parent/'trimaps'} or list other images")
+    return masks
+
+# %% ../nbs/03_loaders.ipynb #c022fc67
 def get_dls(root, # a folder holding `oxford-iiit-pet/`
             size=128, batch_size=32,
             border='background', # what the trimap border becomes: 'background' | 'pet' | 'ignore'
@@ -175,36 +233,13 @@ def get_dls(root, # a folder holding `oxford-iiit-pet/`
            ) -> DataLoaders:
     "Train (shuffled, augmented), valid and test loaders of Oxford-IIIT Pet from the tensor cache; `.dropped` names what was left out"
     root, device = check_pets_root(root), get_device(device)
-    ann = root/'oxford-iiit-pet'/'annotations'
-    src = dict(train=ann/'trainval.txt', valid=ann/'trainval.txt', test=ann/'test.txt')
-    tvn, test = read_split(root, 'trainval'), read_split(root, 'test')
-    for f, ns in ((src['train'], tvn), (src['test'], test)):
-        if not ns: raise ValueError(f'{f} lists no image: put one image name per line in it (as in the official list), '
-                                    f'or restore it from annotations.tar.gz')
-    names = dict(zip(('train', 'valid'), split_trainval(tvn, valid_pct, seed)), test=test)
-    for k in ('train', 'valid'):
-        if not names[k]: raise ValueError(f"{src[k]} lists {len(tvn)} image(s): too few for a {k} split with valid_pct={valid_pct}; "
-                                          f"list more images, or choose a valid_pct that leaves images on both sides")
+    names, src = _split_names(root, valid_pct, seed)
     if limit is not None and per_split is not None: raise ValueError('get_dls: pass per_split, or its former name limit, not both')
     if (per_split := per_split or limit): names = {k: sorted(random.Random(seed).sample(s, min(per_split, len(s)))) for k, s in names.items()}
-    tv = sorted(names['train'] + names['valid'])
-    ims, tris = load_cached(root, tv, size, cache)
-    pos, store = {n: i for i, n in enumerate(tv)}, device if on_device else torch.device('cpu')
-    sel = lambda ns: torch.tensor([pos[n] for n in ns], dtype=torch.long)
-    data = dict(train=(ims[sel(names['train'])], tris[sel(names['train'])]), valid=(ims[sel(names['valid'])], tris[sel(names['valid'])]),
-                test=load_cached(root, names['test'], size, cache))
-    dls, dropped = {}, {}
-    for k, (im, tri) in data.items():                                   # every check before any training
-        dropped[k] = _bad(tri, names[k], MIN_PET) if drop_bad else []
-        if dropped[k]:
-            bad = set(dropped[k]); keep = torch.tensor([n not in bad for n in names[k]])
-            im, tri = im[keep], tri[keep]
-        if not len(tri): raise ValueError(f'every image of the {k} split ({len(dropped[k])}, from {src[k]}) has a failed trimap '
-                                          f'(pet fraction under {MIN_PET:.1%}), so none is left: list other images, or pass drop_bad=False')
-        masks = trimap_to_mask(tri, border)[:, None]                    # (N, 1, S, S)
-        if not (masks == 1).any(): raise ValueError(f'no trimap of the {k} split ({len(tri)} images from {src[k]}) marks a pet pixel '
-                                                    f"(value 1), so it has nothing to {'learn' if k == 'train' else 'score'}: "
-                                                    f"check the trimaps in {ann/'trimaps'} or list other images")
+    store, dls, dropped = device if on_device else torch.device('cpu'), {}, {}
+    for k, (im, tri) in _split_tensors(root, names, size, cache).items():   # every check before any training
+        im, tri, dropped[k] = _drop_failed(k, im, tri, names[k], src[k], drop_bad)
+        masks = _split_masks(k, tri, border, src[k])
         dls[k] = TensorLoader(im.to(store), masks.to(store), batch_size, k == 'train', k == 'train' and augment, device, seed)
     return DataLoaders(dls['train'], dls['valid'], dls['test'], dls['train'].masks, dropped)
 

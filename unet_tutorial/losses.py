@@ -137,11 +137,20 @@ def _iou(tp, fp, fn): # per-image counts, (B,) each
     union = tp + fp + fn                                                    # (B,)
     return torch.where(union > 0, tp / union.clamp_min(1), 1.0)
 
-# %% ../nbs/06_losses.ipynb #a6d3bc15
+# %% ../nbs/06_losses.ipynb #f29aaf25
 def _ratio(num, den, empty):
     "num / den, or `empty` when den is 0."
     return num / den if den > 0 else empty
 
+def _metrics(counts, image_iou):
+    "The four metrics as floats from a split's totals: `counts` (TP, FP, FN, TN) and `image_iou` (sum of per-image IoU, images)."
+    tp, fp, fn, tn = counts.tolist()                                # the one host sync
+    iou_sum, n_images = image_iou.tolist()
+    return dict(pixel_accuracy=_ratio(tp + tn, tp + fp + fn + tn, float('nan')),
+                iou=_ratio(tp, tp + fp + fn, 1.0), dice=_ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+                mean_image_iou=_ratio(iou_sum, n_images, float('nan')))
+
+# %% ../nbs/06_losses.ipynb #d37bd180
 class SegMetrics:
     "Pixel accuracy, foreground IoU, Dice and mean per-image IoU over a whole split, from confusion counts."
     def __init__(self,
@@ -163,15 +172,10 @@ class SegMetrics:
         has_valid = (tp + fp + fn + tn) > 0                             # (B,) images with a valid pixel
         counts = torch.stack([tp.sum(), fp.sum(), fn.sum(), tn.sum()])  # (4,)
         image_iou = torch.stack([(iou * has_valid).sum(), has_valid.sum()]).float()  # (2,) fp32: MPS has no fp64
-        if self.counts is None: self.counts, self.image_iou = counts, image_iou
-        else: self.counts, self.image_iou = self.counts + counts, self.image_iou + image_iou
+        self.counts, self.image_iou = (counts, image_iou) if self.counts is None else (self.counts + counts, self.image_iou + image_iou)
         return iou
 
     def compute(self) -> dict:
         "The metrics as floats: `pixel_accuracy`, `iou`, `dice`, `mean_image_iou`."
         if self.counts is None: raise RuntimeError("SegMetrics.compute() needs at least one update(logits, mask)")
-        tp, fp, fn, tn = self.counts.tolist()                           # the one host sync
-        iou_sum, n_images = self.image_iou.tolist()
-        return dict(pixel_accuracy=_ratio(tp + tn, tp + fp + fn + tn, float('nan')),
-                    iou=_ratio(tp, tp + fp + fn, 1.0), dice=_ratio(2 * tp, 2 * tp + fp + fn, 1.0),
-                    mean_image_iou=_ratio(iou_sum, n_images, float('nan')))
+        return _metrics(self.counts, self.image_iou)

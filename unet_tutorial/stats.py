@@ -11,7 +11,7 @@ from statistics import mean, stdev
 
 import torch
 
-# %% ../nbs/11_stats.ipynb #4ebac60d
+# %% ../nbs/11_stats.ipynb #22a4b852
 def _betacf(a, b, x, eps=1e-15, itmax=500):
     "The continued fraction of the incomplete beta function (modified Lentz), as Numerical Recipes' `betacf`."
     tiny = 1e-300
@@ -36,6 +36,7 @@ def betainc(a:float, # first shape parameter, > 0
     if x < (a + 1) / (a + b + 2): return front * _betacf(a, b, x) / a  # the fraction converges fast here...
     return 1 - front * _betacf(b, a, 1 - x) / b                          # ...and by symmetry on the other side
 
+# %% ../nbs/11_stats.ipynb #6ec2c096
 def t_cdf(t:float, # the value
           df:float): # degrees of freedom (need not be an integer)
     "$P(T \\le t)$ for Student's t distribution with `df` degrees of freedom."
