@@ -14,7 +14,7 @@ import torch
 from fastcore.docments import docments
 from fastcore.script import Param
 
-from .data import _HOW, find_pets, get_pets
+from .data import HOW_TO_GET, find_pets, get_pets
 from .synthetic import make_synthetic_pets
 from .model import EXPERIMENTS, ConfigError, check_trainable, get_experiment
 from .config import PRESETS, QUICK, RunConfig, data_fingerprint, preset as get_preset, settings_of
@@ -91,7 +91,7 @@ def _check_out(out): # the --out folder
                        f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}), which the report could overwrite: "
                        "pick an empty or new folder for --out")
 
-_SHELL = [(re.escape(_HOW), "Add --download to fetch it into the --data folder (needs the network), or try --quick for the "
+_SHELL = [(re.escape(HOW_TO_GET), "Add --download to fetch it into the --data folder (needs the network), or try --quick for the "
                             "synthetic data."),
           (r'\(pass a root or set UNET_TUTORIAL_DATA\)', '(pass --data ROOT or set UNET_TUTORIAL_DATA)'),
           (r', or pass drop_bad=False', ', or add --keep-bad-trimaps to keep them'),
@@ -110,7 +110,7 @@ COMPARE_FIELDS = ('epochs', 'size', 'width', 'batch_size', 'lr', 'schedule', 'am
 TRAIN_FIELDS = ('epochs', 'size', 'width', 'depth', 'batch_size', 'lr', 'schedule', 'amp', 'seed', 'device')   # ... and of unet-train
 _FROM_SHELL = dict(schedule=lambda s: None if s.lower() == 'none' else s.lower(), amp=str.lower)   # any case; 'none' is None
 
-def _said(e:ValueError, # a `ConfigError` (lesson 02), or any other error
+def _said(e:ValueError, # a `ConfigError` (lesson 05), or any other error
           fields) -> BadInput: # the fields that are options of the command
     "`e` as a command says it: a setting that is one of its options named as that option (`--batch-size`), others as they are."
     if not isinstance(e, ConfigError): return BadInput(str(e))
@@ -124,7 +124,7 @@ def _config(base, # the preset to start from
     if unknown := sorted(set(settings) - set(fields)): raise TypeError(f"unexpected option(s): {', '.join(unknown)}")
     over = {k: _FROM_SHELL[k](v) if k in _FROM_SHELL and isinstance(v, str) else v for k, v in settings.items() if v is not None}
     try:
-        if isinstance(over.get('size'), int) and over['size'] > MAX_SIZE:   # the largest a prediction takes (lesson 07)
+        if isinstance(over.get('size'), int) and over['size'] > MAX_SIZE:   # the largest a prediction takes (lesson 17)
             raise ConfigError('size', f"must be at most {MAX_SIZE} (got {over['size']})")
         return base.replace(**over, **more)
     except ConfigError as e: raise _said(e, fields) from None
@@ -257,8 +257,8 @@ def segment(images:_IMAGES, # photos to segment
         done = predict_files(images, model, out, threshold, size, device, overwrite=overwrite) if images else ({}, {})
         if onnx: _export(checkpoint, onnx, size, overwrite, images)
         return done
-    except ConfigError as e: raise _said(e, ('size',)) from None   # lesson 02's size rule, said as --size
-    except BadInput as e:   # lesson 07's message about the threshold starts with its name: say it as the option
+    except ConfigError as e: raise _said(e, ('size',)) from None   # lesson 05's size rule, said as --size
+    except BadInput as e:   # lesson 17's message about the threshold starts with its name: say it as the option
         if str(e).startswith('threshold '): raise BadInput(f'--{e}') from None
         raise
 
@@ -312,7 +312,7 @@ def _check_batches(cfg, n_train:int): # the run's `RunConfig`; its number of tra
                        "or add images")
 
 def _write_report(out:Path, dls, settings:dict):
-    "results.json, results.md and the figures of every finished run in `out` (they share their settings and data), by lesson 05a's `write_results`."
+    "results.json, results.md and the figures of every finished run in `out` (they share their settings and data), by lesson 13's `write_results`."
     records = [json.loads(p.read_text()) for p in sorted(out.glob('*/seed*/metrics.json'))]
     scored = 'test' if dls.data.names['test'] else 'validation (no test split)'
     write_results(Comparison(records, dls, out, settings), title=f"U-Net on {settings['data']}",
@@ -380,7 +380,7 @@ def _train_folder(cfg, exp, data, out:Path, dev, init, **split):
     print(dls.data)
     settings = dict(settings_of(cfg, data_fingerprint(dls.data.names, dls.data.digests), Path(data).resolve().name),
                     finetune=init is not None, **{k: None if split[k] is None else str(split[k]) for k in ('ignore', 'foreground')})
-    lock_folder(out, settings, 'another --out folder')   # lesson 05's lock, `finetune`, `ignore` and `foreground` too
+    lock_folder(out, settings, 'another --out folder')   # lesson 12's lock, `finetune`, `ignore` and `foreground` too
     run_dir = out/exp.name/f"seed{cfg.seed}"
     what = f"{exp.label}, seed {cfg.seed}{', fine-tuned from the reference model' if init is not None else ''}"
     print(f"{what}: finished already" if finished(run_dir, cfg.epochs) else

@@ -40,7 +40,7 @@ class RunConfig:
     device: str|None = None       # 'cpu', 'cuda', 'cuda:N' or 'mps'; None: the best available
     drop_bad_trimaps: bool = True # leave the failed annotations (lesson 03's `bad_trimaps`) out of training and scoring
 
-    def __post_init__(self):   # every problem is a `ConfigError` naming its field (lesson 02)
+    def __post_init__(self):   # every problem is a `ConfigError` naming its field (lesson 05)
         for k, lo in (('size', 16), ('width', 1), ('depth', 1), ('batch_size', 1), ('epochs', 1)):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -48,7 +48,7 @@ class RunConfig:
         for k, hi in (('width', MAX_WIDTH), ('depth', MAX_DEPTH)):   # before 2**depth is computed or a U-Net is built
             if getattr(self, k) > hi:
                 raise ConfigError(k, f'must be at most {hi} (got {getattr(self, k)}); the presets use widths of 8 to 64 and a depth of 4')
-        check_size(self.size, self.depth)   # lesson 02's one rule: a multiple of 2**depth
+        check_size(self.size, self.depth)   # lesson 05's one rule: a multiple of 2**depth
         if not self.lr > 0: raise ConfigError('lr', f'must be positive (got {self.lr!r})')
         for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
             if getattr(self, k) not in ok: raise ConfigError(k, f"must be {_one_of(ok)} (got {getattr(self, k)!r})")

@@ -10,7 +10,7 @@ import numpy as np, torch
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'default_device', 'get_device', 'cpu_bf16_native', 'cpu_kind', 'amp_policy', 'set_seed',
-           'get_rng_state', 'set_rng_state', 'BadInput', 'check']
+           'get_rng_state', 'set_rng_state', 'loader_generator', 'seed_loader', 'BadInput', 'check']
 
 # %% ../nbs/00_core.ipynb #89b000fc
 IGNORE_INDEX = 255   # mask value of pixels that losses and metrics leave out
@@ -94,14 +94,14 @@ def set_rng_state(state:dict): # from `get_rng_state`
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
 # %% ../nbs/00_core.ipynb #9c91f361
-def _loader_gen(dl):
+def loader_generator(dl):
     "The loader's own `torch.Generator` (`TensorLoader.gen`: its shuffle and augmentations), or None."
     g = getattr(dl, 'gen', getattr(dl, 'generator', None))
     return g if isinstance(g, torch.Generator) else None
 
-def _seed_loader(dl, seed):
+def seed_loader(dl, seed):
     "Reseed the loader's own generator, if it has one, so that `seed` fixes the order and the augmentations."
-    if (g := _loader_gen(dl)) is not None: g.manual_seed(seed)
+    if (g := loader_generator(dl)) is not None: g.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #043eecc4
 class BadInput(ValueError): "A problem with the user's input (data, options), reported as a plain message."

@@ -17,9 +17,9 @@ from torchvision.transforms import v2 as T
 from .core import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split', 'breed_of',
-           'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize', 'show_batch',
-           'validate_pets']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'HOW_TO_GET', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split',
+           'breed_of', 'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize',
+           'show_batch', 'read_pet_pair', 'raise_bad_files', 'validate_pets']
 
 # %% ../nbs/01_data.ipynb #ba58f5f4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,18 +37,18 @@ def find_pets(root=None # a folder holding `oxford-iiit-pet/`; None: env UNET_TU
     return None
 
 # %% ../nbs/01_data.ipynb #8faf86d2
-_HOW = ("Get it with `get_pets(root, download=True)` or `unet-compare --data ROOT --download`, "
+HOW_TO_GET = ("Get it with `get_pets(root, download=True)` or `unet-compare --data ROOT --download`, "
         "or make a small synthetic copy with `unet_tutorial.synthetic.make_synthetic_pets(root)`.")
 _NEEDED = ('images', 'annotations/trimaps', 'annotations/trainval.txt', 'annotations/test.txt')
 
 def check_pets_root(root # the folder holding `oxford-iiit-pet/` (the folder itself is accepted too)
                    ) -> Path:
     "`root` as a Path if it holds the official layout, else a FileNotFoundError saying what is missing"
-    if root is None: raise FileNotFoundError(f"No Oxford-IIIT Pet copy found (pass a root or set UNET_TUTORIAL_DATA). {_HOW}")
+    if root is None: raise FileNotFoundError(f"No Oxford-IIIT Pet copy found (pass a root or set UNET_TUTORIAL_DATA). {HOW_TO_GET}")
     root = Path(root).expanduser()
     if root.name == 'oxford-iiit-pet' and not (root/'oxford-iiit-pet').exists(): root = root.parent
     missing = [n for n in _NEEDED if not (root/'oxford-iiit-pet'/n).exists()]
-    if missing: raise FileNotFoundError(f"Oxford-IIIT Pet not found at {root/'oxford-iiit-pet'} (missing: {', '.join(missing)}). {_HOW}")
+    if missing: raise FileNotFoundError(f"Oxford-IIIT Pet not found at {root/'oxford-iiit-pet'} (missing: {', '.join(missing)}). {HOW_TO_GET}")
     return root
 
 def get_pets(root, # where `oxford-iiit-pet/` is, or will be downloaded to
@@ -155,7 +155,7 @@ def show_batch(x, # images (B,3,H,W), normalised float (or uint8)
     fig.suptitle(title or f'{n} images with their masks'); fig.tight_layout(); plt.show()
 
 # %% ../nbs/01_data.ipynb #c96db99e
-def _read_pair(base, name, size=None):
+def read_pet_pair(base, name, size=None):
     "(uint8 image (S,S,3), uint8 trimap (S,S)) of `name`, resized to `size`, or a ValueError naming the bad file"
     ip, tp = base/'images'/f'{name}.jpg', base/'annotations'/'trimaps'/f'{name}.png'
     if not ip.exists(): raise ValueError(f'{ip.name}: image missing')
@@ -174,7 +174,8 @@ def _read_pair(base, name, size=None):
     if size and tri.shape != (size, size): tri = np.array(Image.fromarray(tri).resize((size, size), Image.NEAREST))
     return np.asarray(img), tri
 
-def _report(errs, n, base):
+def raise_bad_files(errs, n, base): # problems (one line each); how many files were checked; the folder
+    "A `ValueError` listing every bad file of `base` and saying what to do, when `errs` is not empty"
     if errs: raise ValueError(f'{len(errs)} bad file(s) among {n} in {base}:\n  ' + '\n  '.join(errs) +
                               '\nFix or delete these files (and drop their names from the split lists).')
 
@@ -187,7 +188,7 @@ def validate_pets(root, # a folder holding `oxford-iiit-pet/`
     names = read_split(root, 'trainval') + read_split(root, 'test') if names is None else names
     errs = []
     for n in names:
-        try: _read_pair(base, n)
+        try: read_pet_pair(base, n)
         except ValueError as e: errs.append(str(e))
-    _report(errs, len(names), base)
+    raise_bad_files(errs, len(names), base)
     return len(names)

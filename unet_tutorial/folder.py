@@ -215,7 +215,7 @@ def train_size(size:int, # the side images are resized to for training
                depth:int=4, # the U-Net's number of halvings
               ) -> int:
     "`size` if training at `depth` can use it (a multiple of 2**depth, as `RunConfig` asks), else a `BadInput` suggesting the two nearest sizes."
-    from unet_tutorial.model import check_size   # lesson 02's one size rule, the one `RunConfig` asks
+    from unet_tutorial.model import check_size   # lesson 05's one size rule, the one `RunConfig` asks
     return check_size(size, depth)
 
 # %% ../nbs/20_own_data.ipynb #a0309aef

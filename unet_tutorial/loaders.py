@@ -10,7 +10,7 @@ import numpy as np, torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 
 from .core import get_device
-from .data import _read_pair, _report, check_pets_root, normalize, read_split, split_trainval, trimap_to_mask
+from .data import read_pet_pair, raise_bad_files, check_pets_root, normalize, read_split, split_trainval, trimap_to_mask
 
 # %% auto #0
 __all__ = ['MIN_PET', 'cache_dir', 'load_cached', 'pet_fraction', 'bad_trimaps', 'augment_batch', 'TensorLoader', 'DataLoaders',
@@ -36,9 +36,9 @@ def _decode(base, names, size):
     "{'names', 'images' uint8 (N,3,S,S), 'trimaps' uint8 (N,S,S)} of `names`, decoded from the files; every bad file reported at once"
     imgs, tris, errs = np.empty((len(names), size, size, 3), np.uint8), np.empty((len(names), size, size), np.uint8), []
     for i, n in enumerate(names):
-        try: imgs[i], tris[i] = _read_pair(base, n, size)
+        try: imgs[i], tris[i] = read_pet_pair(base, n, size)
         except ValueError as e: errs.append(str(e))
-    _report(errs, len(names), base)                                     # never a silently misaligned mask
+    raise_bad_files(errs, len(names), base)                                     # never a silently misaligned mask
     images, trimaps = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(tris)
     return {'names': list(names), 'images': images, 'trimaps': trimaps}
 

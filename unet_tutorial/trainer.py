@@ -11,7 +11,7 @@ from pathlib import Path
 import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
 
-from .core import BadInput, _loader_gen, _seed_loader, amp_policy, get_device, get_rng_state, set_rng_state, set_seed
+from .core import BadInput, loader_generator, seed_loader, amp_policy, get_device, get_rng_state, set_rng_state, set_seed
 from .checkpoints import atomic_save, clean_tmp, read_checkpoint
 from .loaders import limit_train
 from .losses import SegMetrics
@@ -41,7 +41,7 @@ class Trainer:
         store_attr('model,loss_fn,clip,monitor,deterministic')
         self.dls = dls = limit_train(dls, cfg.limit)   # a run's `limit` counts training images, whoever built the loaders
         if monitor not in _MONITORS: raise ValueError(f'monitor={monitor!r}: use one of {_MONITORS}')
-        set_seed(cfg.seed, deterministic); _seed_loader(dls.train, cfg.seed)
+        set_seed(cfg.seed, deterministic); seed_loader(dls.train, cfg.seed)
         scaled = self._place(device)   # the device, the AMP policy, the memory format; the model moved there
         self.fwd = torch.compile(self.model) if compile else self.model
         self._make_optimizer(scaled)   # Adam and the GradScaler
@@ -175,7 +175,7 @@ def state_dict(self:Trainer) -> dict:
     return dict(model=self.model.state_dict(), model_config=getattr(self.model, 'config', None), size=self.size,
                 epoch=self.epoch, step=self.step, epochs=self.epochs, history=self.history, best=self.best,
                 monitor=self.monitor, trainer=self.settings, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
-                rng=get_rng_state(), data_rng=g.get_state() if (g := _loader_gen(self.dls.train)) else None)
+                rng=get_rng_state(), data_rng=g.get_state() if (g := loader_generator(self.dls.train)) else None)
 
 # %% ../nbs/10_trainer.ipynb #2e3cc8f3
 _CKPT_KEYS = ('model', 'optimizer', 'scaler', 'rng', 'epoch', 'step', 'history', 'best')
@@ -213,7 +213,7 @@ def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `
     _same_settings(self.settings, ckpt, where)
     self._load_weights(ckpt, where)
     set_rng_state(ckpt['rng'])
-    g = _loader_gen(self.dls.train)
+    g = loader_generator(self.dls.train)
     if g is not None and ckpt.get('data_rng') is not None: g.set_state(ckpt['data_rng'])
     self.epoch, self.step, self.history, self.best = ckpt['epoch'], ckpt['step'], ckpt['history'], ckpt['best']
     self.size = ckpt.get('size')
