@@ -57,6 +57,7 @@ def _check_args(**kw):
     if kw.get('bilinear_init') and kw['up'] != 'transpose':
         raise ValueError(f"UNet: bilinear_init=True initialises transposed convolutions; it needs up='transpose', not {kw['up']!r}")
 
+# %% ../nbs/05_unet.ipynb #979f553d
 def memory_bytes(device=None) -> int: # 'cpu', 'cuda', 'cuda:N', a `torch.device`; None: the CPU
     "The memory of `device` in bytes: a CUDA GPU's own, else this machine's RAM (64 GiB where it cannot be read)."
     dev = torch.device(device or 'cpu')
@@ -68,6 +69,7 @@ def unet_params(**kw) -> int: # `UNet`'s arguments
     "The number of parameters of `UNet(**kw)`, counted on the meta device: shapes only, no memory is allocated."
     with torch.device('meta'): return sum(p.numel() for p in UNet(**kw).parameters())
 
+# %% ../nbs/05_unet.ipynb #8bd0538a
 def check_memory(width:int, depth:int, # the U-Net's, for the message
                  n_params:int,          # its parameter count (`unet_params`)
                  per_param:int=4,       # bytes per parameter: 4 for fp32 weights, 16 to train them with Adam
@@ -81,6 +83,15 @@ def check_memory(width:int, depth:int, # the U-Net's, for the message
     raise ConfigError('width', lambda n: f"{n('width')} {width} and {n('depth')} {depth} make {n_params:,} parameters: {what} "
                                          f"need {need / 1e9:,.1f} GB, more than {where}; use a smaller {n('width')} or {n('depth')}")
 
+# %% ../nbs/05_unet.ipynb #dc935dce
+def _unet_config(**kw) -> dict: # `UNet`'s arguments, `bilinear_init` last
+    "`UNet`'s arguments checked (`_check_args`, then `check_memory`), as its `config`: `bilinear_init` only when on."
+    _check_args(**kw)
+    if torch.empty(0).device.type != 'meta':   # counted first on the meta device: refused before any allocation
+        check_memory(kw['width'], kw['depth'], unet_params(**kw))
+    if not kw['bilinear_init']: del kw['bilinear_init']   # only when on: older configs and checkpoints stay as they were
+    return kw
+
 # %% ../nbs/05_unet.ipynb #22c70811
 class UNet(nn.Module):
     "U-Net: `depth` `Down`s push skips on a stack, as many `Up`s pop them; returns logits"
@@ -92,17 +103,10 @@ class UNet(nn.Module):
                  up:str='transpose',       # 'transpose' or 'upsample'
                  up_mode:str='nearest',    # interpolation when up='upsample': 'nearest' or 'bilinear'
                  skips:bool=True,          # False: the decoder gets zeros instead of the encoder's maps (an ablation)
-                 bilinear_init:bool=False, # up='transpose': 4×4 transposed convs that start as bilinear upsampling
-                ):
+                 bilinear_init:bool=False): # up='transpose': 4×4 transposed convs that start as bilinear upsampling
         super().__init__()
-        _check_args(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth,
-                    down=down, up=up, up_mode=up_mode, skips=skips, bilinear_init=bilinear_init)
-        if torch.empty(0).device.type != 'meta':   # counted first on the meta device: refused before any allocation
-            check_memory(width, depth, unet_params(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth,
-                                                   down=down, up=up, up_mode=up_mode, skips=skips, bilinear_init=bilinear_init))
-        self.config = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth,
-                           down=down, up=up, up_mode=up_mode, skips=skips)
-        if bilinear_init: self.config['bilinear_init'] = True  # only when on: older configs and checkpoints stay as they were
+        self.config = _unet_config(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth,
+                                   down=down, up=up, up_mode=up_mode, skips=skips, bilinear_init=bilinear_init)
         chs = [width * 2**i for i in range(depth + 1)]  # e.g. [64, 128, 256, 512, 1024]
         self.inc = DoubleConv(in_channels, width)
         self.downs = nn.ModuleList(Down(c, 2*c, down) for c in chs[:-1])
