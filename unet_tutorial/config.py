@@ -20,6 +20,7 @@ AMPS = ('auto', 'bf16', 'fp16', 'off')       # mixed-precision choices (lesson 1
 
 def _one_of(ok): return ', '.join(map(repr, ok[:-1])) + f' or {ok[-1]!r}'   # None, 'cosine' or 'onecycle'
 
+# %% ../nbs/07_config.ipynb #7159af4f
 @dataclass(frozen=True)
 class RunConfig:
     "Everything that defines one training run; frozen, so a run's settings cannot drift."
@@ -41,31 +42,40 @@ class RunConfig:
     drop_bad_trimaps: bool = True # leave the failed annotations (lesson 03's `bad_trimaps`) out of training and scoring
 
     def __post_init__(self):   # every problem is a `ConfigError` naming its field (lesson 05)
-        for k, lo in (('size', 16), ('width', 1), ('depth', 1), ('batch_size', 1), ('epochs', 1)):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ConfigError(k, f'must be an integer of at least {lo} (got {v!r})')
-        for k, hi in (('width', MAX_WIDTH), ('depth', MAX_DEPTH)):   # before 2**depth is computed or a U-Net is built
-            if getattr(self, k) > hi:
-                raise ConfigError(k, f'must be at most {hi} (got {getattr(self, k)}); the presets use widths of 8 to 64 and a depth of 4')
-        check_size(self.size, self.depth)   # lesson 05's one rule: a multiple of 2**depth
-        if not self.lr > 0: raise ConfigError('lr', f'must be positive (got {self.lr!r})')
-        for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
-            if getattr(self, k) not in ok: raise ConfigError(k, f"must be {_one_of(ok)} (got {getattr(self, k)!r})")
-        if self.limit is not None and self.limit < 1: raise ConfigError('limit', f'must be at least 1 (got {self.limit!r})')
-        if self.size == 2**self.depth and (self.batch_size == 1 or self.limit == 1):   # BatchNorm needs 2 values a channel
-            k = 'batch_size' if self.batch_size == 1 else 'limit'
-            raise ConfigError('size', lambda n: f"{n('size')} {self.size} with {n('depth')} {self.depth} leaves a 1×1 bottleneck, "
-                              f"where BatchNorm cannot train on a batch of one image ({n(k)} 1): use a {n('size')} of "
-                              f"{2 * self.size} or more (a 2×2 bottleneck), or a {n(k)} of 2 or more")
-        if not isinstance(self.drop_bad_trimaps, bool):
-            raise ConfigError('drop_bad_trimaps', f'must be True or False (got {self.drop_bad_trimaps!r})')
-        if not 0 <= self.seed < 2**32:   # NumPy's limit (`set_seed` seeds NumPy too)
-            raise ConfigError('seed', f'must be from 0 to {2**32 - 1} (2**32 - 1) (got {self.seed})')
+        _check_sizes(self); _check_choices(self)
 
     def replace(self, **kw) -> RunConfig:
         "A copy with the fields in `kw` changed (and checked)."
         return dataclasses.replace(self, **kw)
+
+# %% ../nbs/07_config.ipynb #61adeaed
+def _check_sizes(c:RunConfig):
+    "Check the integer fields, the model's width and depth, the size (lesson 05's `check_size`) and the learning rate of `c`."
+    for k, lo in (('size', 16), ('width', 1), ('depth', 1), ('batch_size', 1), ('epochs', 1)):
+        v = getattr(c, k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ConfigError(k, f'must be an integer of at least {lo} (got {v!r})')
+    for k, hi in (('width', MAX_WIDTH), ('depth', MAX_DEPTH)):   # before 2**depth is computed or a U-Net is built
+        if getattr(c, k) > hi:
+            raise ConfigError(k, f'must be at most {hi} (got {getattr(c, k)}); the presets use widths of 8 to 64 and a depth of 4')
+    check_size(c.size, c.depth)   # lesson 05's one rule: a multiple of 2**depth
+    if not c.lr > 0: raise ConfigError('lr', f'must be positive (got {c.lr!r})')
+
+# %% ../nbs/07_config.ipynb #6bbd79ed
+def _check_choices(c:RunConfig):
+    "Check the choices of `c` (schedule, amp, border), its limit, a bottleneck BatchNorm can train, `drop_bad_trimaps` and the seed."
+    for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
+        if getattr(c, k) not in ok: raise ConfigError(k, f"must be {_one_of(ok)} (got {getattr(c, k)!r})")
+    if c.limit is not None and c.limit < 1: raise ConfigError('limit', f'must be at least 1 (got {c.limit!r})')
+    if c.size == 2**c.depth and (c.batch_size == 1 or c.limit == 1):   # BatchNorm needs 2 values a channel
+        k = 'batch_size' if c.batch_size == 1 else 'limit'
+        raise ConfigError('size', lambda n: f"{n('size')} {c.size} with {n('depth')} {c.depth} leaves a 1×1 bottleneck, "
+                          f"where BatchNorm cannot train on a batch of one image ({n(k)} 1): use a {n('size')} of "
+                          f"{2 * c.size} or more (a 2×2 bottleneck), or a {n(k)} of 2 or more")
+    if not isinstance(c.drop_bad_trimaps, bool):
+        raise ConfigError('drop_bad_trimaps', f'must be True or False (got {c.drop_bad_trimaps!r})')
+    if not 0 <= c.seed < 2**32:   # NumPy's limit (`set_seed` seeds NumPy too)
+        raise ConfigError('seed', f'must be from 0 to {2**32 - 1} (2**32 - 1) (got {c.seed})')
 
 # %% ../nbs/07_config.ipynb #57a97c34
 def _cos(start, end, pct): return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
@@ -115,6 +125,7 @@ def shared_fields(cfg:RunConfig) -> dict:
 
 def _hash(text:str) -> str: return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+# %% ../nbs/07_config.ipynb #317dd8d2
 def data_fingerprint(splits:dict, # {'train': names, 'valid': names, 'test': names}
                      contents:dict=None, # {name: a digest of its files' bytes}, or None: the split alone
                     ) -> str:
