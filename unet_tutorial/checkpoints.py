@@ -27,6 +27,7 @@ def json_safe(obj): # JSON-able data: dicts, lists, tuples, numbers, strings, No
     if isinstance(obj, (list, tuple)): return [json_safe(v) for v in obj]
     return obj
 
+# %% ../nbs/09_checkpoints.ipynb #0684843b
 def _umask() -> int:
     "The process's umask (read by setting it and putting it back)."
     m = os.umask(0o022); os.umask(m); return m
@@ -211,11 +212,9 @@ def _untrained(ckpt: dict) -> bool:
     "Whether `ckpt` is a `Trainer`'s checkpoint written before its first epoch finished (its weights the random initial ones)."
     return 'step' in ckpt and 'optimizer' in ckpt and ckpt.get('epoch') == 0
 
-# %% ../nbs/09_checkpoints.ipynb #fcb62aa6
-def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `model_config`, e.g. a run's best.pt
-               device=None, # where to put the model (default: `default_device()`)
-              ) -> tuple:
-    "The `UNet` saved in `checkpoint` in eval mode on `device`, and the checkpoint dict; `CheckpointError` if unusable."
+# %% ../nbs/09_checkpoints.ipynb #da161aff
+def _read_usable(checkpoint) -> tuple: # what `load_model` was given
+    "`load_model`'s first step: the path and dict of `checkpoint`, read safely, with a model, a `model_config` and trained weights."
     if checkpoint is None or not str(checkpoint).strip():
         raise CheckpointError(f"checkpoint {checkpoint!r}: no file named; give the path of a checkpoint file, e.g. best.pt")
     path = Path(checkpoint)
@@ -232,6 +231,11 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
         raise CheckpointError(f"checkpoint {path} was written before the first epoch of its run finished (epoch 0): its "
                               "weights are the random initial ones (the run stopped or diverged in its first epoch). Use "
                               "one written after an epoch, or train again (with a lower learning rate if it diverged)")
+    return path, ckpt
+
+# %% ../nbs/09_checkpoints.ipynb #3384689b
+def _model_of(path:Path, ckpt:dict): # the checkpoint's path (for the messages) and its dict (`_read_usable`)
+    "`load_model`'s second step: the `UNet` of `ckpt['model_config']` holding its weights, checked to fit and be finite."
     cfg, size = ckpt['model_config'], ckpt.get('size')
     if not isinstance(cfg, dict): raise CheckpointError(f"checkpoint {path}: its model_config is a {type(cfg).__name__}, not a dict")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
@@ -246,4 +250,13 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
         raise CheckpointError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}): "
                               "the training that wrote it diverged; use an earlier checkpoint or retrain with a lower lr")
     model.load_state_dict(ckpt['model'])
+    return model
+
+# %% ../nbs/09_checkpoints.ipynb #db8c911c
+def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `model_config`, e.g. a run's best.pt
+               device=None, # where to put the model (default: `default_device()`)
+              ) -> tuple:
+    "The `UNet` saved in `checkpoint` in eval mode on `device`, and the checkpoint dict; `CheckpointError` if unusable."
+    path, ckpt = _read_usable(checkpoint)
+    model = _model_of(path, ckpt)
     return model.to(get_device(device)).eval(), ckpt
