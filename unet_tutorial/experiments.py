@@ -64,6 +64,7 @@ def finished(run_dir, epochs:int): # a run's folder; the epochs asked for
     f = Path(run_dir)/'metrics.json'
     if f.exists() and (rec := json.loads(f.read_text()))['epochs'] >= epochs: return rec
 
+# %% ../nbs/12_experiments.ipynb #4bc1a774
 def train_one(cfg:RunConfig, # the run: its experiment, seed and every training setting
               dls, # `DataLoaders` from `dls_for` (or `get_dls`, `folder_dls`); a `cfg.limit` below its training images is applied
               run_dir, # this run's folder: checkpoints, history.json, metrics.json
@@ -108,12 +109,7 @@ class Comparison:
         return None if f is None else load_model(f, 'cpu')[0]   # results committed without checkpoints have none
     def __repr__(self): return f"Comparison({len(self.records)} runs of {', '.join(self.names)} in {self.out})"
 
-# %% ../nbs/12_experiments.ipynb #0608626b
-def _splits(root):
-    "The image names of the train, valid and test splits (the split `get_dls` makes), without reading an image."
-    train, valid = split_trainval(read_split(root, 'trainval'))
-    return dict(train=train, valid=valid, test=read_split(root, 'test'))
-
+# %% ../nbs/12_experiments.ipynb #a6b14f37
 def trained_runs(out) -> list:
     "The run folders (`OUT/<name>/seed<k>/`) in `out` with at least one finished epoch: a history.json or a metrics.json."
     return sorted({p.parent for n in ('history.json', 'metrics.json') for p in Path(out).glob(f'*/seed*/{n}')})
@@ -124,6 +120,7 @@ def unlocked(out) -> bool:
     for p in Path(out).glob('*/seed*/last.pt'): p.unlink(missing_ok=True)   # random initial weights of other settings
     return True
 
+# %% ../nbs/12_experiments.ipynb #d53bcdeb
 def lock_folder(out, # an output folder: a comparison's, or unet-train's
                 settings:dict, # the settings of the runs about to start (`settings_of`, plus any key a command records)
                 another:str='another output folder'): # what the message suggests instead, e.g. 'another --out folder'
@@ -138,6 +135,12 @@ def lock_folder(out, # an output folder: a comparison's, or unet-train's
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_save(settings, f)
 
+# %% ../nbs/12_experiments.ipynb #8c5f70fc
+def _splits(root):
+    "The image names of the train, valid and test splits (the split `get_dls` makes), without reading an image."
+    train, valid = split_trainval(read_split(root, 'trainval'))
+    return dict(train=train, valid=valid, test=read_split(root, 'test'))
+
 def _load_data(root, cfg, device):
     "The `DataLoaders` for `cfg` (`dls_for`: at most `cfg.limit` training images), with every data problem a `BadInput`."
     try:
@@ -145,6 +148,19 @@ def _load_data(root, cfg, device):
         except ValueError: validate_pets(root); raise  # a bad file: list every bad file of both splits
     except (FileNotFoundError, ValueError) as e: raise BadInput(str(e)) from None
 
+# %% ../nbs/12_experiments.ipynb #75dad29f
+def _checked_runs(cfg:RunConfig, experiments, seeds, device) -> tuple: # `run_comparison`'s
+    "`run_comparison`'s first step: its experiments and seeds without repeats, and the device, every run's settings checked."
+    try: exps = list(dict.fromkeys(get_experiment(e) for e in experiments))  # in order, without repeats
+    except ValueError as e: raise BadInput(str(e)) from e
+    seeds = list(dict.fromkeys(seeds))
+    try:   # every run's settings, the device (once, for every run) and the memory each model needs, before anything is written
+        for s in seeds: cfg.replace(seed=s)
+        device = get_device(cfg.device) if device is None else device
+        for e in exps: check_trainable(e, cfg.width, cfg.depth, device)
+    except ConfigError: raise                           # a bad setting, its `field` named (lesson 05)
+    except ValueError as e: raise BadInput(str(e)) from None
+    return exps, seeds, device
 
 # %% ../nbs/12_experiments.ipynb #cba16247
 def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iiit-pet/...`)
@@ -156,15 +172,7 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
                    log=print, # one line per run goes here
                    device=None): # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here, once
     "Train every experiment with every seed (skipping finished runs, resuming unfinished ones); their `Comparison`."
-    try: exps = list(dict.fromkeys(get_experiment(e) for e in experiments))  # in order, without repeats
-    except ValueError as e: raise BadInput(str(e)) from e
-    seeds = list(dict.fromkeys(seeds))
-    try:   # every run's settings, the device (once, for every run) and the memory each model needs, before anything is written
-        for s in seeds: cfg.replace(seed=s)
-        device = get_device(cfg.device) if device is None else device
-        for e in exps: check_trainable(e, cfg.width, cfg.depth, device)
-    except ConfigError: raise                           # a bad setting, its `field` named (lesson 05)
-    except ValueError as e: raise BadInput(str(e)) from None
+    exps, seeds, device = _checked_runs(cfg, experiments, seeds, device)
     try: root = check_pets_root(root)
     except (FileNotFoundError, ValueError) as e: raise BadInput(str(e)) from None
     check_writable(out)   # a read-only folder, a file, a full disk: said at once, not after the data has loaded
