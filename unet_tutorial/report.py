@@ -65,6 +65,7 @@ def results_table(rows): # rows from `summarize`
                      f"{r['train_s'][0]:.0f} s | {r['images_per_s'][0]:.0f} |")
     return '\n'.join(lines)
 
+# %% ../nbs/13_report.ipynb #3a7da321
 def seed_table(rows): # rows from `summarize`
     "The seed's published numbers beside ours, with the reason they are not directly comparable."
     lines = ["| Experiment | Seed: best val. acc. (own split) | Seed: best val. loss | Ours: test pixel acc. | "
@@ -160,9 +161,9 @@ def predictions(cmp, n:int=16): # number of test images
         cmp._preds[n] = x, y, {k: m.to(x.device).eval()(x).float() for k, m in models.items()}
     return cmp._preds[n]
 
+# %% ../nbs/13_report.ipynb #5575aae4
 def _show_image(x): return denormalize(x[None])[0].permute(1, 2, 0).cpu()  # (3, H, W) -> (H, W, 3) in [0, 1]
 
-# %% ../nbs/13_report.ipynb #5575aae4
 def show_predictions(cmp, # a `Comparison`
                      idxs=(0, 1, 2), # which of the first `n` test images to show
                      threshold:float=0.5, # probability threshold for "pet"
@@ -240,6 +241,7 @@ def save_figures(cmp, folder, prefix:str='', dpi:int=90):
         paths.append(folder/f'{prefix}{name}.png'); atomic_save(buf.getvalue(), paths[-1])   # never half a PNG
     return paths
 
+# %% ../nbs/13_report.ipynb #343d3ca4
 def describe(cmp): # a `Comparison`
     "One sentence on what was trained, how, and on which hardware."
     s, rs = cmp.settings, cmp.records
