@@ -76,6 +76,7 @@ def _device(name):
     try: return get_device(name)
     except ValueError as e: raise BadInput(f"--device: {e}") from None
 
+# %% ../nbs/A1_cli.ipynb #f076c699
 SEED_MAX = 2**32 - 1   # NumPy's largest seed
 
 def _check_out(out): # the --out folder
@@ -91,6 +92,7 @@ def _check_out(out): # the --out folder
                        f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}), which the report could overwrite: "
                        "pick an empty or new folder for --out")
 
+# %% ../nbs/A1_cli.ipynb #e298c3ee
 _SHELL = [(re.escape(HOW_TO_GET), "Add --download to fetch it into the --data folder (needs the network), or try --quick for the "
                             "synthetic data."),
           (r'\(pass a root or set UNET_TUTORIAL_DATA\)', '(pass --data ROOT or set UNET_TUTORIAL_DATA)'),
@@ -146,6 +148,29 @@ def _data_root(data, download, quick, out):
                                     "--download to fetch it into ROOT, or try --quick for the synthetic data")
     return root
 
+# %% ../nbs/A1_cli.ipynb #7d3230c0
+def _compare_config(dev, data, quick, preset, threads, keep_bad_trimaps, settings) -> RunConfig: # `compare`'s options
+    "`compare`'s first step: the `RunConfig` of its options, the preset (quick with --quick) and the settings given."
+    if quick and preset not in (None, 'quick'): raise BadInput("--quick uses the quick preset: drop --preset")
+    if quick and data: raise BadInput("--quick trains on its own synthetic data: drop --data (or drop --quick)")
+    try: base = QUICK if quick else get_preset(preset or ('gpu' if dev.type == 'cuda' else 'cpu'))
+    except ValueError as e: raise BadInput(f"--preset: {e}") from None
+    if threads is not None and threads < 1: raise BadInput(f"--threads must be at least 1 (got {threads})")
+    return _config(base, settings, COMPARE_FIELDS, **dict(drop_bad_trimaps=False) if keep_bad_trimaps else {})
+
+def _compare_runs(experiments:str, seeds:str, cfg:RunConfig, dev) -> tuple: # `compare`'s options, its settings and device
+    "`compare`'s second step: the experiments and seeds of its options, each model checked to fit `dev` for training."
+    try: exps = [get_experiment(e.strip()) for e in experiments.split(',') if e.strip()]
+    except ValueError as e: raise BadInput(str(e)) from None
+    seeds = _ints('seeds', seeds)
+    if bad := [s for s in seeds if not 0 <= s <= SEED_MAX]:
+        raise BadInput(f"--seeds must be 0 or more and at most {SEED_MAX} (2**32 - 1), e.g. 0,1,2 (got {bad[0]})")
+    if not exps or not seeds: raise BadInput("--experiments and --seeds need at least one value each")
+    for e in exps:   # the memory each model needs to train, before anything is written
+        try: check_trainable(e, cfg.width, cfg.depth, dev)
+        except ValueError as err: raise _said(err, COMPARE_FIELDS) from None
+    return exps, seeds
+
 # %% ../nbs/A1_cli.ipynb #00974014
 def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ and annotations/); default: $UNET_TUTORIAL_DATA, else shared/data/pets128, data/pets128 or data here or in a folder above
             download:bool=False, # download the dataset into the --data folder first (needs the network)
@@ -159,21 +184,8 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
             **settings): # `RunConfig` fields, those of `COMPARE_FIELDS` (epochs, size, batch_size, ...); left out: the preset's
     "Train and compare U-Net experiments on Oxford-IIIT Pet; write OUT/results.json, OUT/results.md and figures."
     dev = _device(settings.get('device'))
-    if quick and preset not in (None, 'quick'): raise BadInput("--quick uses the quick preset: drop --preset")
-    if quick and data: raise BadInput("--quick trains on its own synthetic data: drop --data (or drop --quick)")
-    try: base = QUICK if quick else get_preset(preset or ('gpu' if dev.type == 'cuda' else 'cpu'))
-    except ValueError as e: raise BadInput(f"--preset: {e}") from None
-    if threads is not None and threads < 1: raise BadInput(f"--threads must be at least 1 (got {threads})")
-    cfg = _config(base, settings, COMPARE_FIELDS, **dict(drop_bad_trimaps=False) if keep_bad_trimaps else {})
-    try: exps = [get_experiment(e.strip()) for e in experiments.split(',') if e.strip()]
-    except ValueError as e: raise BadInput(str(e)) from None
-    seeds = _ints('seeds', seeds)
-    if bad := [s for s in seeds if not 0 <= s <= SEED_MAX]:
-        raise BadInput(f"--seeds must be 0 or more and at most {SEED_MAX} (2**32 - 1), e.g. 0,1,2 (got {bad[0]})")
-    if not exps or not seeds: raise BadInput("--experiments and --seeds need at least one value each")
-    for e in exps:   # the memory each model needs to train, before anything is written
-        try: check_trainable(e, cfg.width, cfg.depth, dev)
-        except ValueError as err: raise _said(err, COMPARE_FIELDS) from None
+    cfg = _compare_config(dev, data, quick, preset, threads, keep_bad_trimaps, settings)
+    exps, seeds = _compare_runs(experiments, seeds, cfg, dev)
     old = torch.get_num_threads()
     if threads or quick: torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
     _check_out(out)                # a folder of the user's files: refused before anything is written there
@@ -191,6 +203,7 @@ def _nan_advice(e: FloatingPointError) -> str:
     return (f"{str(e).split(' Try ')[0]} Try a lower --lr (or --amp off) with another --out folder: the runs of one "
             "folder share their settings")
 
+# %% ../nbs/A1_cli.ipynb #bdd5ea1f
 def _say_warning(prog:str): # the command's name
     "A `warnings.showwarning` that says this package's warnings as one line in the command's options, and others as usual."
     default = warnings.showwarning
@@ -199,6 +212,7 @@ def _say_warning(prog:str): # the command's name
         print(f"{prog}: warning: {_shell(str(message))}", file=sys.stderr)
     return show
 
+# %% ../nbs/A1_cli.ipynb #d2f10436
 def _main(func, # a command as a function: `compare`, `train`, `segment`
           prog:str, # the command's name, for its messages
           argv:list=None, # command-line arguments (default: `sys.argv[1:]`)
@@ -223,11 +237,27 @@ def unet_compare(argv:list=None): # command-line arguments (default: `sys.argv[1
     "The `unet-compare` command: parse the options of `compare`, run it, return the exit status."
     return _main(compare, 'unet-compare', argv, COMPARE_FIELDS)
 
-# %% ../nbs/A1_cli.ipynb #41891af6
+# %% ../nbs/A1_cli.ipynb #b56c2c24
 _IMAGES = Param("photos to segment (any size; JPEG, PNG, ...)", str, nargs='*')   # options whose help is not their docment
 _CHECKPOINT = Param("checkpoint written by training: unet-compare and unet-train write OUT/<experiment name>/seed<N>/best.pt, "
                     "e.g. runs/compare/maxpool_transpose_bce/seed0/best.pt (default: the course's reference model)", str)
 
+def _not_empty(**files): # the file options of `segment`: checkpoint, onnx, out
+    "Refuse a file option given as an empty string (an unset shell variable), saying what to give instead."
+    for name, v in files.items():
+        if v is not None and not v.strip():   # `--checkpoint "$CKPT"` with CKPT unset: not the reference model in disguise
+            raise BadInput(f"--{name} is empty (an unset shell variable?): give a file" +
+                           (", or leave --checkpoint out to use the reference model" if name == 'checkpoint' else
+                            ", e.g. --onnx model.onnx, or leave --onnx out" if name == 'onnx' else ", e.g. --out predictions"))
+
+def _reference_model(checkpoint, device) -> tuple: # the reference model's checkpoint; the --device option
+    "The `(model, ckpt)` pair of the course's reference model, loaded once, said with its test IoU."
+    model = load_model(checkpoint, get_device(device))
+    print(f"model: the course's reference U-Net (test IoU {model[1]['record']['test']['iou']:.3f}); "
+          "give --checkpoint to use a model of your own")
+    return model
+
+# %% ../nbs/A1_cli.ipynb #58e34aca
 def segment(images:_IMAGES, # photos to segment
             checkpoint:_CHECKPOINT=None, # checkpoint written by training
             out:str='predictions', # folder for <name>_mask.png and <name>_overlay.png
@@ -237,11 +267,7 @@ def segment(images:_IMAGES, # photos to segment
             overwrite:bool=False, # replace mask and overlay files that exist already (default: refuse, writing nothing)
             onnx:str=None): # also write the model to this ONNX file (e.g. model.onnx), checked against PyTorch with onnxruntime; needs pip install unet_tutorial[onnx]
     "Segment the pets in IMAGES with the U-Net in CHECKPOINT (or the reference model), writing a mask and an overlay per image to OUT; --onnx exports the model."
-    for name, v in (('checkpoint', checkpoint), ('onnx', onnx), ('out', out)):
-        if v is not None and not v.strip():   # `--checkpoint "$CKPT"` with CKPT unset: not the reference model in disguise
-            raise BadInput(f"--{name} is empty (an unset shell variable?): give a file" +
-                           (", or leave --checkpoint out to use the reference model" if name == 'checkpoint' else
-                            ", e.g. --onnx model.onnx, or leave --onnx out" if name == 'onnx' else ", e.g. --out predictions"))
+    _not_empty(checkpoint=checkpoint, onnx=onnx, out=out)
     if not images and not onnx: raise BadInput("no images: give the photos to segment (or --onnx FILE to export the model)")
     reference = checkpoint is None   # no checkpoint: the course's reference model (lesson 14), resolved here once
     try:
@@ -249,11 +275,7 @@ def segment(images:_IMAGES, # photos to segment
         if onnx:   # refused before any work: an existing file, a folder, an input (the checkpoint, a photo) to write over
             onnx_target(onnx, overwrite, {checkpoint: 'the checkpoint being exported',
                                           **{f: 'one of the photos to segment' for f in images}})
-        model = checkpoint   # a file, or (for the reference model) the `(model, ckpt)` pair, loaded once
-        if images and reference:
-            model = load_model(checkpoint, get_device(device))
-            print(f"model: the course's reference U-Net (test IoU {model[1]['record']['test']['iou']:.3f}); "
-                  "give --checkpoint to use a model of your own")
+        model = _reference_model(checkpoint, device) if images and reference else checkpoint
         done = predict_files(images, model, out, threshold, size, device, overwrite=overwrite) if images else ({}, {})
         if onnx: _export(checkpoint, onnx, size, overwrite, images)
         return done
@@ -262,6 +284,7 @@ def segment(images:_IMAGES, # photos to segment
         if str(e).startswith('threshold '): raise BadInput(f'--{e}') from None
         raise
 
+# %% ../nbs/A1_cli.ipynb #393a6f1d
 def _export(checkpoint, # a checkpoint file (the reference model's, when none was given)
             path, # the ONNX file to write
             size:int=None, # the side it is checked at (default: the checkpoint's)
@@ -276,6 +299,7 @@ def _export(checkpoint, # a checkpoint file (the reference model's, when none wa
     note = f"; checked at --size {size}, its metadata records the training size {trained}" if size and trained and size != trained else ''
     print(f"wrote {path}: checked with onnxruntime, its probabilities within {diff:.1e} of PyTorch's{note}")
 
+# %% ../nbs/A1_cli.ipynb #5533355f
 def _predicted(args:dict, result) -> int: # the options; what `segment` returned, the files written and those not read
     "Say what `segment` wrote and which files it could not read; the exit status: 1 if some could not be read, else 0."
     written, failed = result
@@ -332,7 +356,32 @@ def _how_to_use(ckpt:Path, rec:dict, dls, out:Path) -> str:
                       "Export it to ONNX (pip install unet_tutorial[onnx]):",
                       f"  unet-predict --checkpoint {q(ckpt)} --onnx {q(out/'model.onnx')}"])
 
-# %% ../nbs/A1_cli.ipynb #cee3eb6f
+# %% ../nbs/A1_cli.ipynb #bca2e05a
+def _train_options(dev, data, preset, experiment, threads, valid_pct, test_pct, split_seed) -> tuple: # `train`'s options
+    "`train`'s first step: its options checked, and the preset and experiment they name."
+    if not data: raise BadInput("--data is required: a folder with images/ and masks/ named alike, one with train/ and "
+                                "valid/ folders holding them, or a CSV file of image,mask pairs")
+    try: base = get_preset(preset or ('gpu' if dev.type == 'cuda' else 'cpu'))
+    except ValueError as e: raise BadInput(f"--preset: {e}") from None
+    try: exp = get_experiment(experiment)
+    except ValueError as e: raise BadInput(f"--experiment: {e}") from None
+    if threads is not None and threads < 1: raise BadInput(f"--threads must be at least 1 (got {threads})")
+    if not (0 < valid_pct < 1 and 0 <= test_pct < 1 and valid_pct + test_pct < 1):
+        raise BadInput(f"--valid-pct {valid_pct} and --test-pct {test_pct}: give shares in [0, 1) that leave images for "
+                       "training, e.g. 0.2 and 0.1")
+    if not 0 <= split_seed <= SEED_MAX: raise BadInput(f"--split-seed must be from 0 to {SEED_MAX} (2**32 - 1) (got {split_seed})")
+    return base, exp
+
+def _train_config(base, exp, settings:dict, finetune:bool, no_augment:bool, dev) -> tuple: # from `train`'s options
+    "`train`'s second step: the run's `RunConfig`, checked to fit `dev` for training, and the weights it starts from (None: random)."
+    settings = {k: v for k, v in settings.items() if v is not None}   # None: the preset's
+    init, settings = _finetune(exp, settings) if finetune else (None, settings)
+    cfg = _config(base, settings, TRAIN_FIELDS, experiment=exp.key, **dict(augment=False) if no_augment else {})
+    try: check_trainable(exp, cfg.width, cfg.depth, dev)   # the memory it needs to train, before anything is written
+    except ValueError as e: raise _said(e, TRAIN_FIELDS) from None
+    return cfg, init
+
+# %% ../nbs/A1_cli.ipynb #fa34e54c
 def train(data:str=None, # your data: a folder with images/ and masks/ (named alike), one with train/ and valid/ (and test/) folders holding them, or a CSV file of image,mask pairs
           out:str='runs/mine', # output folder: the run goes to OUT/<experiment name>/seed<N>/ (best.pt), the report to OUT/results.md; the same command again resumes
           preset:str=None, # settings to start from: quick, cpu or gpu (default: gpu on a GPU, else cpu)
@@ -348,22 +397,8 @@ def train(data:str=None, # your data: a folder with images/ and masks/ (named al
           **settings): # `RunConfig` fields, those of `TRAIN_FIELDS` (epochs, size, depth, seed, ...); left out: the preset's
     "Train a U-Net on your own images and masks; write the model, its curves and a report to OUT, and say how to use it."
     dev = _device(settings.get('device'))
-    if not data: raise BadInput("--data is required: a folder with images/ and masks/ named alike, one with train/ and "
-                                "valid/ folders holding them, or a CSV file of image,mask pairs")
-    try: base = get_preset(preset or ('gpu' if dev.type == 'cuda' else 'cpu'))
-    except ValueError as e: raise BadInput(f"--preset: {e}") from None
-    try: exp = get_experiment(experiment)
-    except ValueError as e: raise BadInput(f"--experiment: {e}") from None
-    if threads is not None and threads < 1: raise BadInput(f"--threads must be at least 1 (got {threads})")
-    if not (0 < valid_pct < 1 and 0 <= test_pct < 1 and valid_pct + test_pct < 1):
-        raise BadInput(f"--valid-pct {valid_pct} and --test-pct {test_pct}: give shares in [0, 1) that leave images for "
-                       "training, e.g. 0.2 and 0.1")
-    if not 0 <= split_seed <= SEED_MAX: raise BadInput(f"--split-seed must be from 0 to {SEED_MAX} (2**32 - 1) (got {split_seed})")
-    settings = {k: v for k, v in settings.items() if v is not None}   # None: the preset's
-    init, settings = _finetune(exp, settings) if finetune else (None, settings)
-    cfg = _config(base, settings, TRAIN_FIELDS, experiment=exp.key, **dict(augment=False) if no_augment else {})
-    try: check_trainable(exp, cfg.width, cfg.depth, dev)   # the memory it needs to train, before anything is written
-    except ValueError as e: raise _said(e, TRAIN_FIELDS) from None
+    base, exp = _train_options(dev, data, preset, experiment, threads, valid_pct, test_pct, split_seed)
+    cfg, init = _train_config(base, exp, settings, finetune, no_augment, dev)
     _check_out(out)   # a folder of the user's files: refused before anything is written there
     out, old = check_writable(Path(out), '--out'), torch.get_num_threads()
     if threads or str(preset).lower() == 'quick': torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
@@ -373,6 +408,7 @@ def train(data:str=None, # your data: a folder with images/ and masks/ (named al
     print(_how_to_use(run_dir/'best.pt', rec, dls, out))
     return rec
 
+# %% ../nbs/A1_cli.ipynb #941e02e8
 def _train_folder(cfg, exp, data, out:Path, dev, init, **split):
     "Read and check the folder, lock `out` to these settings, train (or resume, or skip) the run and write the report."
     dls = folder_dls(data, cfg.batch_size, dev, cfg.augment, size=cfg.size, depth=cfg.depth, **split)
