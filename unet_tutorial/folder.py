@@ -15,8 +15,8 @@ from PIL import Image, UnidentifiedImageError
 from .core import BadInput, IGNORE_INDEX, get_device
 from .loaders import DataLoaders, TensorLoader
 from .losses import pos_weight_from_masks
-from .images import MAX_PIXELS, load_image, needs_turning
-from .masks import TooManyPixels, open_capped, read_mask, distinct_values, too_many_values
+from .images import MAX_PIXELS, TooManyPixels, load_image, needs_turning, open_capped
+from .masks import read_mask, distinct_values, too_many_values
 from .masks import mask_convention, one_kind, parse_mask_value
 
 # %% auto #0

@@ -4,36 +4,17 @@
 
 # %% ../nbs/19_masks.ipynb #14d44bb8
 from __future__ import annotations
-import warnings
 from collections import Counter
-from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
 
 from .core import BadInput
-from .images import MAX_PIXELS
-from .images import upright
+from .images import open_capped, upright
 
 # %% auto #0
-__all__ = ['TooManyPixels', 'open_capped', 'read_mask', 'Colour', 'fmt_value', 'parse_mask_value', 'distinct_values',
-           'too_many_values', 'mask_convention', 'one_kind']
-
-# %% ../nbs/19_masks.ipynb #207e0a78
-class TooManyPixels(ValueError): "An image or mask of more than `MAX_PIXELS` pixels; its size as the message, e.g. '20000×20000'."
-
-@contextmanager
-def open_capped(path, # an image or mask file
-               ):
-    "`Image.open(path)`, refused (`TooManyPixels`) above `MAX_PIXELS` pixels from its header, before anything is decoded; no PIL warning."
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # the cap below says it in our words
-        cap, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None        # PIL's own guard would raise without the size
-        try: im = Image.open(path)
-        finally: Image.MAX_IMAGE_PIXELS = cap
-        with im:
-            if im.width * im.height > MAX_PIXELS: raise TooManyPixels(f'{im.width}×{im.height}')
-            yield im
+__all__ = ['read_mask', 'Colour', 'fmt_value', 'parse_mask_value', 'distinct_values', 'too_many_values', 'mask_convention',
+           'one_kind']
 
 # %% ../nbs/19_masks.ipynb #124a2183
 def read_mask(path, # a mask file: PNG (greyscale, palette, colour, 16-bit), TIFF, BMP, ...
