@@ -149,7 +149,7 @@ def lesson_violations() -> set:
 
 
 def test_lesson_files_are_numbered_in_the_table_order():
-    "Sorted by file name (00_core ... 20_own_data, then the appendix A1_cli), the lessons' modules come in the table's order."
+    "Sorted by file name (00_core ... 21_own_data, then the appendix A2_cli), the lessons' modules come in the table's order."
     mods = list(lesson_modules().items())
     ranks = [RANK.get(m, -1) for _, m in mods]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks), [f"{stem}: {m}" for stem, m in mods]

@@ -1,4 +1,4 @@
-"""Your own data (lesson 20, `unet_tutorial.folder`), `unet-train` and the ONNX export, on tiny folders written here.
+"""Your own data (lesson 21, `unet_tutorial.folder`), `unet-train` and the ONNX export, on tiny folders written here.
 
 Every accepted mask convention and image kind is read into the masks it stands for; every kind of bad input is
 reported in one `FolderError` naming each file; `unet-train --preset quick` trains on a folder end to end and
@@ -383,7 +383,7 @@ def test_unet_predict_onnx_from_the_shell(ort, tmp_path):
     assert 'wrote model.onnx: checked with onnxruntime' in r.stdout and (tmp_path/'model.onnx').stat().st_size > 1000
 
 
-@pytest.mark.parametrize('lesson, module', [('20_own_data', 'folder'), ('19_masks', 'masks')])
+@pytest.mark.parametrize('lesson, module', [('21_own_data', 'folder'), ('19_masks', 'masks')])
 def test_lesson_exercise_solutions(tmp_path, monkeypatch, lesson, module):
     "The lessons' exercises (two each): with the solutions, every check prints 'correct' (and with the stubs, it does not)."
     cells = [c for c in json.loads((ROOT/'nbs'/f'{lesson}.ipynb').read_text())['cells']]

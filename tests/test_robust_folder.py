@@ -1,4 +1,4 @@
-"""Issue 20, "nothing lost, nothing silently wrong", for your own data (lesson 20, `unet_tutorial.folder`, and `unet-train`).
+"""Issue 20, "nothing lost, nothing silently wrong", for your own data (lesson 21, `unet_tutorial.folder`, and `unet-train`).
 
 Palette masks are read by their colours; the `--out` lock covers the files' contents and says what changed; CSV
 duplicates, a `valid/` beside a `val/`, empty split folders, huge images, malformed CSVs, pipes, folders and broken

@@ -106,7 +106,7 @@ def main():
     lessons_dir = work/'lessons'; lessons_dir.mkdir()
     only = set(filter(None, a.only.split(',')))
     lessons = [nb for nb in [root/'nbs'/'tour.ipynb', *sorted((root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb'))]
-               if not only or nb.name[:2] in only]   # the tour first, then 00_core ... A1_cli
+               if not only or nb.name[:2] in only]   # the tour first, then 00_core ... A2_cli
     if a.cli_only: lessons = []
     for nb in lessons: shutil.copy(nb, lessons_dir/nb.name)
     (work/'runner.py').write_text(RUNNER)
