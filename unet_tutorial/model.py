@@ -83,7 +83,6 @@ def check_memory(width:int, depth:int, # the U-Net's, for the message
     raise ConfigError('width', lambda n: f"{n('width')} {width} and {n('depth')} {depth} make {n_params:,} parameters: {what} "
                                          f"need {need / 1e9:,.1f} GB, more than {where}; use a smaller {n('width')} or {n('depth')}")
 
-# %% ../nbs/05_unet.ipynb #dc935dce
 def _unet_config(**kw) -> dict: # `UNet`'s arguments, `bilinear_init` last
     "`UNet`'s arguments checked (`_check_args`, then `check_memory`), as its `config`: `bilinear_init` only when on."
     _check_args(**kw)
@@ -147,7 +146,6 @@ class ExperimentConfig:
             if getattr(self, name) not in valid:
                 raise ValueError(f'ExperimentConfig: {name}={getattr(self, name)!r} is not one of {valid}')
 
-# %% ../nbs/05_unet.ipynb #55903734
 EXPERIMENTS = {c.key: c for c in [
     ExperimentConfig(1, 'maxpool_transpose_bce', 'Exp 1: MaxPool + Transpose + BCE', 'maxpool', 'transpose', 'bce'),
     ExperimentConfig(2, 'maxpool_transpose_dice', 'Exp 2: MaxPool + Transpose + Dice', 'maxpool', 'transpose', 'dice'),
@@ -169,24 +167,24 @@ def get_experiment(key, # 1..5, '1'..'5', a name such as 'maxpool_transpose_bce'
     raise ValueError(f'get_experiment: unknown experiment {key!r}; valid: {valid}')
 
 # %% ../nbs/05_unet.ipynb #5a22659c
-def build_model(cfg,                # an ExperimentConfig, or a key for `get_experiment`
+def build_model(exp,                # an ExperimentConfig, or a key for `get_experiment`
                 width:int=64,       # channels of the top level
                 depth:int=4,        # number of halvings
                 in_channels:int=3,  # input channels
                 out_channels:int=1, # logits per pixel
                ) -> UNet:
     "The `UNet` of an experiment"
-    cfg = get_experiment(cfg)
-    return UNet(in_channels, out_channels, width=width, depth=depth, down=cfg.down, up=cfg.up, skips=cfg.skips)
+    exp = get_experiment(exp)
+    return UNet(in_channels, out_channels, width=width, depth=depth, down=exp.down, up=exp.up, skips=exp.skips)
 
-def check_trainable(cfg,            # an ExperimentConfig, or a key for `get_experiment`
+def check_trainable(exp,            # an ExperimentConfig, or a key for `get_experiment`
                     width:int=64,   # channels of the top level
                     depth:int=4,    # number of halvings
                     device=None):   # where it will train (default: the CPU)
     "Raise a ValueError (saying how many GB) when training this U-Net with Adam cannot fit in `device`'s memory, before building it."
-    cfg = get_experiment(cfg)
-    _check_args(in_channels=3, out_channels=1, width=width, depth=depth, down=cfg.down, up=cfg.up, up_mode='nearest', skips=cfg.skips)
-    n = unet_params(width=width, depth=depth, down=cfg.down, up=cfg.up, skips=cfg.skips)
+    exp = get_experiment(exp)
+    _check_args(in_channels=3, out_channels=1, width=width, depth=depth, down=exp.down, up=exp.up, up_mode='nearest', skips=exp.skips)
+    n = unet_params(width=width, depth=depth, down=exp.down, up=exp.up, skips=exp.skips)
     check_memory(width, depth, n, 16, device, "training (fp32 weights, gradients and Adam's two moments)")
 
 # %% ../nbs/05_unet.ipynb #936408c1
