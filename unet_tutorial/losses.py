@@ -96,7 +96,6 @@ class BCEDiceLoss(nn.Module):
         "Scalar loss of logits (B, 1, H, W) against a uint8 mask (B, 1, H, W)."
         return self.bce_weight * self.bce(logits, mask) + (1 - self.bce_weight) * self.dice(logits, mask)
 
-# %% ../nbs/06_losses.ipynb #21913bbd
 LOSS_NAMES = ('bce', 'dice', 'bce_dice')
 
 def get_loss(name:str, # one of `LOSS_NAMES`: 'bce', 'dice' or 'bce_dice'
