@@ -8,8 +8,8 @@ from conftest import REPO as root
 lessons = [root/'nbs'/'tour.ipynb'] + sorted((root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb'))   # the tour first, as a learner
 
 def _version():
-    cfg = configparser.ConfigParser(); cfg.read(root/'settings.ini')
-    return cfg['DEFAULT']['version']
+    ini = configparser.ConfigParser(); ini.read(root/'settings.ini')
+    return ini['DEFAULT']['version']
 
 def _code(nb):
     return [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']

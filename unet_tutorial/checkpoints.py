@@ -236,16 +236,17 @@ def _read_usable(checkpoint) -> tuple: # what `load_model` was given
 # %% ../nbs/09_checkpoints.ipynb #3384689b
 def _model_of(path:Path, ckpt:dict): # the checkpoint's path (for the messages) and its dict (`_read_usable`)
     "`load_model`'s second step: the `UNet` of `ckpt['model_config']` holding its weights, checked to fit and be finite."
-    cfg, size = ckpt['model_config'], ckpt.get('size')
-    if not isinstance(cfg, dict): raise CheckpointError(f"checkpoint {path}: its model_config is a {type(cfg).__name__}, not a dict")
+    model_config, size = ckpt['model_config'], ckpt.get('size')
+    if not isinstance(model_config, dict):
+        raise CheckpointError(f"checkpoint {path}: its model_config is a {type(model_config).__name__}, not a dict")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise CheckpointError(f"checkpoint {path}: its training size {size!r} is not a positive whole number")
-    try: model = UNet(**cfg)
+    try: model = UNet(**model_config)
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:   # the constructor's `BadInput` too
-        raise CheckpointError(f"checkpoint {path}: bad model_config {str(cfg)[:300]}: {e}") from None
+        raise CheckpointError(f"checkpoint {path}: bad model_config {str(model_config)[:300]}: {e}") from None
     expected = model.state_dict()
     if (why := _not_weights(ckpt['model'], expected)) or (why := _mismatch(ckpt['model'], expected)):
-        raise CheckpointError(f"checkpoint {path}: weights do not fit UNet(**{cfg}): {why}")
+        raise CheckpointError(f"checkpoint {path}: weights do not fit UNet(**{model_config}): {why}")
     if bad := [k for k, v in ckpt['model'].items() if v.is_floating_point() and not torch.isfinite(v).all()]:
         raise CheckpointError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]}): "
                               "the training that wrote it diverged; use an earlier checkpoint or retrain with a lower lr")
