@@ -1,7 +1,7 @@
 """The trainer's edge cases, moved out of lesson 10 (`nbs/10_trainer.ipynb`) so that the lesson keeps to its ideas.
 
-What the lesson shows once (a step, an epoch, a checkpoint's round trip, resume, the events), these tests guard in
-the corners: the AMP policy on CPUs we do not have, the U-Net and the losses under autocast, bad settings, damaged
+What the lesson shows once (a step, an epoch, a checkpoint's round trip, resume), these tests guard in the
+corners: the order of the events, the AMP policy on CPUs we do not have, the U-Net and the losses under autocast, bad settings, damaged
 or foreign checkpoints, settings that differ on resume, a stop from a callback or a real SIGINT, leftovers of a
 killed save, the NaN guards, and what the LR finder gives back. Everything runs on the CPU, on one thread, on tiny
 synthetic pets, in seconds.
@@ -204,6 +204,15 @@ class Recorder(Callback):
     def after_batch(self, t): self.log.append(('after_batch', t.epoch, t.batch))
     def after_epoch(self, t): self.log.append(('after_epoch', t.epoch))
     def after_fit(self, t): self.log.append(('after_fit', t.epoch))
+
+
+def test_events_arrive_in_the_documented_order(dls):
+    "Moved from lesson 10: before_fit, then per epoch before_epoch, every batch and after_epoch, and after_fit last."
+    rec = Recorder()
+    Trainer(tiny_model(), get_loss('bce'), dls, CPU.replace(epochs=2), cbs=[rec]).fit()
+    nb_ = len(dls.train)
+    assert rec.log == [('before_fit', 0)] + [e for ep in range(2) for e in
+        [('before_epoch', ep)] + [('after_batch', ep, b) for b in range(nb_)] + [('after_epoch', ep + 1)]] + [('after_fit', 2)]
 
 
 def test_a_callback_stops_the_run_and_after_fit_still_comes(dls):

@@ -14,7 +14,7 @@ from .model import UNet
 
 # %% auto #0
 __all__ = ['CannotWrite', 'json_safe', 'cannot_write', 'atomic_save', 'clean_tmp', 'check_writable', 'read_checkpoint',
-           'images_in', 'why_not_a_file', 'CheckpointError', 'load_model']
+           'images_in', 'why_not_a_file', 'CheckpointError', 'load_model', 'why_not_a_run', 'check_run_settings']
 
 # %% ../nbs/09_checkpoints.ipynb #851f072f
 class CannotWrite(BadInput, OSError): "A file or folder the program must write cannot be written (read-only, not a folder, disk full)."
@@ -261,3 +261,31 @@ def load_model(checkpoint, # a checkpoint file with `model` (state_dict) and `mo
     path, ckpt = _read_usable(checkpoint)
     model = _model_of(path, ckpt)
     return model.to(get_device(device)).eval(), ckpt
+
+# %% ../nbs/09_checkpoints.ipynb #8c6377b1
+_RUN_KEYS = ('model', 'optimizer', 'scaler', 'rng', 'epoch', 'step', 'history', 'best')   # what `Trainer.save` writes, at the least
+
+def why_not_a_run(ckpt, # a dict read with `read_checkpoint`
+                  where='the checkpoint'): # its file, named in the message
+    "Why `ckpt` is not a checkpoint that `Trainer.save` (lesson 10) wrote, or None when it is one."
+    if not isinstance(ckpt, dict): return f"{where}: holds a {type(ckpt).__name__}, not a checkpoint dict"
+    missing = [k for k in _RUN_KEYS if k not in ckpt]
+    if not missing: return None
+    bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+    what = ("a bare model state_dict (weights only): load it with `model.load_state_dict`" if bare else
+            f"a dict with keys {', '.join(map(repr, list(ckpt)[:6]))}{', ...' if len(ckpt) > 6 else ''}")
+    return f"{where}: not a training checkpoint: it lacks {', '.join(missing)}; it is {what}"
+
+def check_run_settings(ckpt, # a training checkpoint (`why_not_a_run` finds nothing wrong with it)
+                       mine:dict, # the settings of the trainer that resumes it (`Trainer.settings`: monitor, clip, deterministic)
+                       where='the checkpoint'): # its file, named in the message
+    "Raise a `BadInput` naming `where` when the trainer settings `ckpt` recorded differ from `mine`; those it lacks (older versions) are not checked."
+    old = {**mine, **({'monitor': ckpt['monitor']} if 'monitor' in ckpt else {}), **(ckpt.get('trainer') or {})}   # 0.1: none; 0.2: monitor
+    if old['monitor'] != mine['monitor']:
+        raise BadInput(f"{where}: this run picks best.pt by monitor={old['monitor']!r}, not {mine['monitor']!r}: resuming would "
+                       f"compare {mine['monitor']} with its best {old['monitor']} ({ckpt['best']}). Resume with "
+                       f"monitor={old['monitor']!r}, or start a new run in another out_dir.")
+    if diff := [k for k in mine if old.get(k, mine[k]) != mine[k]]:
+        k = diff[0]
+        raise BadInput(f"{where}: this run was trained with {k}={old[k]!r}, not {k}={mine[k]!r}: a run resumes with the "
+                       f"settings it started with. Resume with {k}={old[k]!r}, or start a new run in another out_dir.")

@@ -4,22 +4,22 @@
 
 # %% ../nbs/10_trainer.ipynb #53c28a15
 from __future__ import annotations
-import json, math, signal, threading, time
-from contextlib import contextmanager, nullcontext
+import math, signal, time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
 
 from .core import BadInput, loader_generator, seed_loader, amp_policy, get_device, get_rng_state, set_rng_state, set_seed
-from .checkpoints import atomic_save, clean_tmp, read_checkpoint
+from .checkpoints import atomic_save, check_run_settings, clean_tmp, read_checkpoint, why_not_a_run
 from .loaders import limit_train
 from .losses import SegMetrics
 from .config import RunConfig, sched_factor
-from .callbacks import ProgressCB
+from .callbacks import ProgressCB, signals_to
 
 # %% auto #0
-__all__ = ['Trainer', 'plot_history']
+__all__ = ['Trainer']
 
 # %% ../nbs/10_trainer.ipynb #5552b214
 _MONITORS = ('iou', 'dice', 'mean_image_iou', 'pixel_accuracy', 'loss', 'valid_loss')
@@ -105,6 +105,12 @@ def train_step(self:Trainer, x, y):
     self.step += 1
     return loss.detach()
 
+@patch
+def _set_lr(self:Trainer):
+    "Set the learning rate the schedule gives for the current step."
+    pct = self.step / self.total_steps if self.total_steps else 0.
+    for g in self.opt.param_groups: g['lr'] = self.cfg.lr * sched_factor(self.cfg.schedule, pct)
+
 # %% ../nbs/10_trainer.ipynb #6cabd5c4
 @patch
 @torch.no_grad()
@@ -129,13 +135,6 @@ def check_losses(self:Trainer, losses, upto:int): # the epoch's per-step losses;
     i = int(bad[0]); kept = f' {self.out_dir/"last.pt"} still holds epoch {self.epoch}.' if self.out_dir else ''
     raise FloatingPointError(f'Loss is {losses[i].item()} at epoch {self.epoch + 1}, step {i + 1} of {len(losses)}: '
                              f'training stopped.{kept} Try a lower lr, clip=1.0, or amp="off".')
-
-# %% ../nbs/10_trainer.ipynb #326d3035
-@patch
-def _set_lr(self:Trainer):
-    "Set the learning rate the schedule gives for the current step."
-    pct = self.step / self.total_steps if self.total_steps else 0.
-    for g in self.opt.param_groups: g['lr'] = self.cfg.lr * sched_factor(self.cfg.schedule, pct)
 
 @patch
 def _cb(self:Trainer, event:str): # one of `EVENTS`
@@ -177,40 +176,15 @@ def state_dict(self:Trainer) -> dict:
                 monitor=self.monitor, trainer=self.settings, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                 rng=get_rng_state(), data_rng=g.get_state() if (g := loader_generator(self.dls.train)) else None)
 
-# %% ../nbs/10_trainer.ipynb #2e3cc8f3
-_CKPT_KEYS = ('model', 'optimizer', 'scaler', 'rng', 'epoch', 'step', 'history', 'best')
-
-def _not_a_run(where, ckpt):
-    "Why `ckpt` (from `where`) is not a checkpoint `Trainer.save` wrote, or None when it is one."
-    if not isinstance(ckpt, dict): return f"{where}: holds a {type(ckpt).__name__}, not a checkpoint dict"
-    missing = [k for k in _CKPT_KEYS if k not in ckpt]
-    if not missing: return None
-    bare = ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
-    what = ("a bare model state_dict (weights only): load it with `model.load_state_dict`" if bare else
-            f"a dict with keys {', '.join(map(repr, list(ckpt)[:6]))}{', ...' if len(ckpt) > 6 else ''}")
-    return f"{where}: not a training checkpoint: it lacks {', '.join(missing)}; it is {what}"
-
-def _same_settings(mine, ckpt, where):
-    "A `BadInput` naming `where` when the trainer settings `ckpt` recorded differ from `mine`; those it lacks (older versions) are not checked."
-    old = {**mine, **({'monitor': ckpt['monitor']} if 'monitor' in ckpt else {}), **(ckpt.get('trainer') or {})}   # 0.1: none; 0.2: monitor
-    if old['monitor'] != mine['monitor']:
-        raise BadInput(f"{where}: this run picks best.pt by monitor={old['monitor']!r}, not {mine['monitor']!r}: resuming would "
-                       f"compare {mine['monitor']} with its best {old['monitor']} ({ckpt['best']}). Resume with "
-                       f"monitor={old['monitor']!r}, or start a new run in another out_dir.")
-    if diff := [k for k in mine if old.get(k, mine[k]) != mine[k]]:
-        k = diff[0]
-        raise BadInput(f"{where}: this run was trained with {k}={old[k]!r}, not {k}={mine[k]!r}: a run resumes with the "
-                       f"settings it started with. Resume with {k}={old[k]!r}, or start a new run in another out_dir.")
-
 # %% ../nbs/10_trainer.ipynb #18f1bd64
 @patch
 def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `read_checkpoint('last.pt')`)
                     path=None): # the file `ckpt` came from, named in error messages
     "Restore a checkpoint into this trainer: model, optimizer, scaler, step, epoch, history, best and RNG; a `BadInput` naming the file when it cannot."
     where = path if path is not None else 'the checkpoint'
-    if why := _not_a_run(where, ckpt):
+    if why := why_not_a_run(ckpt, where):
         raise BadInput(f"{why}. A Trainer resumes only from the last.pt or best.pt that `Trainer.save` wrote.")
-    _same_settings(self.settings, ckpt, where)
+    check_run_settings(ckpt, self.settings, where)
     self._load_weights(ckpt, where)
     set_rng_state(ckpt['rng'])
     g = loader_generator(self.dls.train)
@@ -251,16 +225,15 @@ def request_stop(self:Trainer, signum=None, frame=None): # a signal handler's ar
     if self.stop_requested: raise KeyboardInterrupt
     self.stop_requested = 'callback' if signum is None else signal.Signals(signum).name
 
+Trainer.how_to_resume = 'fit({epochs}, resume=True)'   # what continues a run; the commands say 'the same command again'
+
 @patch
-@contextmanager
-def _signals(self:Trainer):
-    "Route SIGINT and SIGTERM to `request_stop` while fitting; restore the previous handlers afterwards."
-    self.stop_requested = None
-    if threading.current_thread() is not threading.main_thread(): yield; return
-    old = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try: yield
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
+def _report_stop(self:Trainer):
+    "Record why `fit` stopped early and say how to continue."
+    self.stopped = self.stop_requested or 'KeyboardInterrupt'
+    how = (f' {self.out_dir/"last.pt"} holds epoch {self.epoch}; {self.how_to_resume.format(epochs=self.epochs)} continues the run.'
+           if self.out_dir is not None else '')
+    print(f'Stopped ({self.stopped}) with {self.epoch} of {self.epochs} epochs done.{how}')
 
 # %% ../nbs/10_trainer.ipynb #8f4dd393
 @patch
@@ -276,7 +249,8 @@ def fit(self:Trainer, epochs:int|None=None, # train until this many epochs are d
                                                    'resume=True to continue it, or use another out_dir')
     self.epochs, self.total_steps, self.stopped = epochs, epochs * len(self.dls.train), None
     if self.epoch == 0: self.save('last')  # so that a valid last.pt exists from the first step on
-    with self._signals():
+    self.stop_requested = None
+    with signals_to(self.request_stop):   # Ctrl-C and SIGTERM ask for a stop (lesson 08)
         try:
             self._cb('before_fit')
             while self.epoch < epochs:
@@ -319,31 +293,3 @@ def _checkpoint(self:Trainer, row):
         self.best = score; self.save('best')
     self.save('last')
     if self.out_dir is not None: atomic_save(self.history, self.out_dir/'history.json')
-
-# %% ../nbs/10_trainer.ipynb #a5b37e6a
-Trainer.how_to_resume = 'fit({epochs}, resume=True)'   # what continues a run; the commands say 'the same command again'
-
-@patch
-def _report_stop(self:Trainer):
-    "Record why `fit` stopped early and say how to continue."
-    self.stopped = self.stop_requested or 'KeyboardInterrupt'
-    how = (f' {self.out_dir/"last.pt"} holds epoch {self.epoch}; {self.how_to_resume.format(epochs=self.epochs)} continues the run.'
-           if self.out_dir is not None else '')
-    print(f'Stopped ({self.stopped}) with {self.epoch} of {self.epochs} epochs done.{how}')
-
-# %% ../nbs/10_trainer.ipynb #ab17a127
-def plot_history(history,                 # `Trainer.fit`'s result, or the path of a history.json
-                 metrics=('iou', 'dice'), # validation metrics to plot beside the losses
-                 title:str|None=None):    # the figure's title
-    "Plot a run's training and validation loss and its validation metrics per epoch; returns the figure."
-    import matplotlib.pyplot as plt
-    if isinstance(history, (str, Path)): history = json.loads(Path(history).read_text())
-    ep = [h['epoch'] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for k in ('train_loss', 'valid_loss'): a.plot(ep, [h[k] for h in history], marker='o', label=k)
-    for k in metrics: b.plot(ep, [h[k] for h in history], marker='o', label=k)
-    a.set(title='Loss', xlabel='epoch', ylabel='loss')
-    b.set(title='Validation metrics', xlabel='epoch', ylabel='score')
-    a.legend(); b.legend()
-    if title: fig.suptitle(title)
-    fig.tight_layout(); return fig
