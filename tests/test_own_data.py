@@ -383,7 +383,7 @@ def test_unet_predict_onnx_from_the_shell(ort, tmp_path):
     assert 'wrote model.onnx: checked with onnxruntime' in r.stdout and (tmp_path/'model.onnx').stat().st_size > 1000
 
 
-@pytest.mark.parametrize('lesson, module', [('21_own_data', 'folder'), ('19_masks', 'masks')])
+@pytest.mark.parametrize('lesson, module', [('21_own_data', 'folder'), ('20_pairs', 'pairs'), ('19_masks', 'masks')])
 def test_lesson_exercise_solutions(tmp_path, monkeypatch, lesson, module):
     "The lessons' exercises (two each): with the solutions, every check prints 'correct' (and with the stubs, it does not)."
     cells = [c for c in json.loads((ROOT/'nbs'/f'{lesson}.ipynb').read_text())['cells']]
