@@ -2,7 +2,7 @@
 spelling still parses, a bad setting names its option from `ConfigError.field`, and the size rule is one message."""
 import pytest
 
-from unet_tutorial import cli, folder, inference
+from unet_tutorial import cli, folder, inference, options
 from unet_tutorial.config import RunConfig
 from unet_tutorial.model import ConfigError, check_size
 
@@ -16,7 +16,7 @@ OLD = {'unet-compare': 'data download quick preset experiments epochs size width
 
 def _options(prog):
     func, fields = COMMANDS[prog]
-    p = cli._parser(func, prog, fields)
+    p = options.command_parser(func, prog, fields)
     return {s: a for a in p._actions for s in a.option_strings}
 
 
@@ -26,7 +26,7 @@ def test_every_field_is_an_option_with_help(prog):
     for k in fields:
         a = opts.get(f"--{k.replace('_', '-')}")
         assert a is not None and a.dest == k, (prog, k)
-        assert cli._FIELD_DOCS[k] in a.help, (prog, k, a.help)   # the field's comment
+        assert options.FIELD_DOCS[k] in a.help, (prog, k, a.help)   # the field's comment
         if '_' in k: assert opts.get(f'--{k}') is a, (prog, k)   # the snake_case alias
     for a in set(opts.values()):
         assert a.help, (prog, a.option_strings)   # --help says something about every option

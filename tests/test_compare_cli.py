@@ -159,13 +159,14 @@ def test_bad_option_type(capsys):
 def test_nan_loss_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     "The trainer's NaN guard reaches a CLI user as its message and exit status 1."
     from unet_tutorial import cli, experiments
+    from unet_tutorial.options import command_parser
     def nan_fit(self, epochs=None, resume=False):
         raise FloatingPointError('Loss is nan at epoch 1, step 3 of 5: training stopped. Try a lower lr, clip=1.0, or amp="off".')
     monkeypatch.setattr(experiments.Trainer, 'fit', nan_fit)
     assert cli.unet_compare(['--quick', '--experiments', '1', '--out', str(tmp_path/'out')]) == 1
     err = capsys.readouterr().err
     assert 'epoch 1, step 3' in err and 'lower --lr' in err and 'Traceback' not in err
-    options = set(cli._parser(cli.compare, 'unet-compare', cli.COMPARE_FIELDS)._option_string_actions)
+    options = set(command_parser(cli.compare, 'unet-compare', cli.COMPARE_FIELDS)._option_string_actions)
     named = set(re.findall(r'--[a-z][a-z_-]*', err))
     assert named and named <= options, named - options          # it only suggests options unet-compare has
     assert 'clip' not in err and 'amp=' not in err
