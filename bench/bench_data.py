@@ -1,4 +1,4 @@
-"""Data loading throughput: per-item JPEG decode + resize (the seed's way) against the cached tensor loader.
+"""Data loading throughput: per-item JPEG decode + resize (the original project's way) against the cached tensor loader.
 
     python bench/bench_data.py --data ../shared/data/pets128 [--size 128] [--split trainval] [--batch-size 64]
         [--device cpu|cuda] [--threads 1]

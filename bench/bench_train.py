@@ -1,4 +1,4 @@
-"""Training throughput: our `Trainer` against the seed's training loop, same data, model and device, in one process.
+"""Training throughput: our `Trainer` against the original project's training loop, same data, model and device, in one process.
 
     python bench/bench_train.py --data ../shared/data/pets128 --device cpu --size 64 --width 8 --limit 320
     python bench/bench_train.py --data ../shared/data/pets128 --device cuda --size 128 --width 64 --batch-size 64
@@ -6,9 +6,9 @@
 Both train the same U-Net (experiment 1: max-pool + transposed convolution, weighted BCE; the same initial weights)
 with Adam 1e-3 on the same training images, for the same number of epochs:
 
-- baseline, the seed's way: torchvision's `OxfordIIITPet` decoding and resizing each JPEG and trimap with PIL on every
+- baseline, the original project's way: torchvision's `OxfordIIITPet` decoding and resizing each JPEG and trimap with PIL on every
   item of every epoch (random crop + flip), through a `DataLoader` with `--workers` workers; fp16 autocast with a
-  `GradScaler` on CUDA (plain fp32 on the CPU, as the seed's `autocast('cuda')` does nothing there); contiguous
+  `GradScaler` on CUDA (plain fp32 on the CPU, as the original project's `autocast('cuda')` does nothing there); contiguous
   (NCHW) memory format; `loss.item()` on every step.
 - ours: `Trainer` with the cached uint8 tensors held on the device (`load_cached` + `TensorLoader`, augmentation on
   the device), its AMP policy (bf16 on a GPU that has it, and on a CPU with native bf16 (AVX512-BF16 or AMX); fp32
@@ -39,7 +39,7 @@ from unet_tutorial.trainer import Trainer
 
 
 def baseline_epoch(model, dl, opt, scaler, loss_fn, device):
-    "One epoch of the seed's loop; returns images/s (timed to the end of the last step)."
+    "One epoch of the original project's loop; returns images/s (timed to the end of the last step)."
     model.train(); n, total, t0 = 0, 0., time.perf_counter()
     for x, y in dl:
         x, y = x.to(device), y.to(device)
@@ -47,13 +47,13 @@ def baseline_epoch(model, dl, opt, scaler, loss_fn, device):
         with torch.autocast('cuda', dtype=torch.float16, enabled=device.type == 'cuda'):
             loss = loss_fn(model(x), y)
         scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
-        total += loss.item(); n += len(x)  # the seed logs every step: a host sync per step
+        total += loss.item(); n += len(x)  # the original project logs every step: a host sync per step
     if device.type == 'cuda': torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
 def baseline(a, root, train, pos_weight, device):
-    "The seed's setup; returns a function that trains one epoch and gives its images/s."
+    "The original project's setup; returns a function that trains one epoch and gives its images/s."
     ds = pets_dataset(root, 'trainval', a.size, train=True)                # per-item PIL decode + v2 transforms
     order = {n: i for i, n in enumerate(read_split(root, 'trainval'))}     # the dataset's item order
     dl = DataLoader(Subset(ds, [order[n] for n in train]), batch_size=a.batch_size, shuffle=True,

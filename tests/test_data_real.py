@@ -40,8 +40,8 @@ def test_stratified_split_covers_every_breed():
     per_breed, in_valid = Counter(map(breed_of, tv)), Counter(map(breed_of, valid))
     assert set(in_valid) == set(per_breed)
     for b, c in per_breed.items(): assert abs(in_valid[b] - 0.2*c) <= 1, b
-    seed_valid = sorted(tv)[int(0.8*len(tv)):]                     # the seed project's split
-    assert len({breed_of(n) for n in seed_valid}) < 10
+    original_valid = sorted(tv)[int(0.8*len(tv)):]                     # the original project's split
+    assert len({breed_of(n) for n in original_valid}) < 10
 
 
 def test_trimap_values_and_sizes(trimaps):

@@ -17,7 +17,7 @@ from pathlib import Path
 # name -> unet-compare options (Exp 1, width 16, 128 px, batch 32 throughout; the CPU preset is `onecycle3e-3_12ep`,
 # whose three seeds are results/cpu's Exp 1 runs)
 RECIPES = {
-    'const1e-3_12ep':     '--epochs 12 --lr 1e-3 --schedule none',      # the seed project's recipe (Adam 1e-3)
+    'const1e-3_12ep':     '--epochs 12 --lr 1e-3 --schedule none',      # the original project's recipe (Adam 1e-3)
     'onecycle3e-3_6ep':   '--epochs 6 --lr 3e-3 --schedule onecycle',   # half the time
     'onecycle1e-2_12ep':  '--epochs 12 --lr 1e-2 --schedule onecycle',
     'onecycle3e-2_12ep':  '--epochs 12 --lr 3e-2 --schedule onecycle',  # the LR finder's suggestion

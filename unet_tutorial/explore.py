@@ -56,7 +56,6 @@ def top_channels(fmap: torch.Tensor, # one stage's maps (B, C, h, w)
     "Indices of the `n` channels of the first image with the highest mean activation, strongest first."
     return fmap[0].mean((1, 2)).argsort(descending=True)[:n].tolist()
 
-# %% ../nbs/15_explore.ipynb #43ecf9e9
 def show_feature_maps(feats: dict, # {stage: (B, C, h, w)} from `feature_maps`
                       n: int=3, # channels per stage
                       image: torch.Tensor=None, # the normalised input (3, H, W), shown first
