@@ -46,8 +46,6 @@ def test_results_md_names_the_original_project(cmp):
 # their generator wrote then; README.md and the index are the lead's files (each entry fails once it is fixed).
 OLD_NAMES = re.compile(r"\bseed project|\bthe seed's|\bSEED_RESULTS\b|\bSEED_CAVEAT\b|\bseed_table\b|\bseed split\b",
                        re.I)
-NOT_YET = {'README.md', 'nbs/index.ipynb'}
-
 def _texts():
     for p in [*REPO.glob('unet_tutorial/*.py'), *REPO.glob('tools/*.py'), *REPO.glob('bench/*.py'),
               *REPO.glob('tests/*.py'), *REPO.glob('nbs/*.ipynb'), REPO/'CONTRIBUTING.md', REPO/'README.md']:
@@ -55,6 +53,5 @@ def _texts():
 
 def test_seed_means_a_random_seed():
     hits = {name: sorted(set(OLD_NAMES.findall(text))) for name, text in _texts()}
-    bad = {n: h for n, h in hits.items() if h and n not in NOT_YET}
+    bad = {n: h for n, h in hits.items() if h}
     assert not bad, f"say 'the original project' (ORIGINAL_RESULTS, original_table), not 'seed': {bad}"
-    assert all(hits.get(n) for n in NOT_YET), f"fixed: take them out of NOT_YET: {[n for n in NOT_YET if not hits.get(n)]}"
