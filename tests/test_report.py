@@ -43,7 +43,7 @@ def test_results_md_names_the_original_project(cmp):
 
 
 # "seed" is a random seed; these words meant the project this course grew from. Committed results/ files keep what
-# their generator wrote then; README.md and the index are the lead's files (each entry fails once it is fixed).
+# their generator wrote then (results.md's old heading), so only sources are read.
 OLD_NAMES = re.compile(r"\bseed project|\bthe seed's|\bSEED_RESULTS\b|\bSEED_CAVEAT\b|\bseed_table\b|\bseed split\b",
                        re.I)
 def _texts():
