@@ -20,7 +20,6 @@ def conv_bn_relu(in_ch:int,  # input channels
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
                          nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
-# %% ../nbs/04_blocks.ipynb #f7d8ce3a
 class DoubleConv(nn.Sequential):
     "(3×3 conv → BatchNorm → ReLU) × 2; H and W unchanged"
     def __init__(self, in_ch:int,     # input channels

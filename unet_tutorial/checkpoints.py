@@ -9,15 +9,14 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from .core import BadInput, get_device
+from .core import BadInput, CannotWrite, atomic_write, cannot_write, get_device
 from .model import UNet
 
-# %% auto #0
-__all__ = ['CannotWrite', 'json_safe', 'cannot_write', 'atomic_save', 'clean_tmp', 'check_writable', 'read_checkpoint',
-           'images_in', 'why_not_a_file', 'CheckpointError', 'load_model', 'why_not_a_run', 'check_run_settings']
+_all_ = ['CannotWrite', 'cannot_write']   # lesson 00's, importable from here too
 
-# %% ../nbs/09_checkpoints.ipynb #851f072f
-class CannotWrite(BadInput, OSError): "A file or folder the program must write cannot be written (read-only, not a folder, disk full)."
+# %% auto #0
+__all__ = ['json_safe', 'atomic_save', 'clean_tmp', 'check_writable', 'read_checkpoint', 'images_in', 'why_not_a_file',
+           'CheckpointError', 'load_model', 'why_not_a_run', 'check_run_settings', 'CannotWrite', 'cannot_write']
 
 # %% ../nbs/09_checkpoints.ipynb #7ca62061
 def json_safe(obj): # JSON-able data: dicts, lists, tuples, numbers, strings, None
@@ -26,17 +25,6 @@ def json_safe(obj): # JSON-able data: dicts, lists, tuples, numbers, strings, No
     if isinstance(obj, dict): return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)): return [json_safe(v) for v in obj]
     return obj
-
-# %% ../nbs/09_checkpoints.ipynb #0684843b
-def _umask() -> int:
-    "The process's umask (read by setting it and putting it back)."
-    m = os.umask(0o022); os.umask(m); return m
-
-def cannot_write(path, e):
-    "A `CannotWrite` naming `path`, saying why (from the `OSError` `e`) and what to do."
-    why = e.strerror or str(e) if isinstance(e, OSError) else str(e)
-    return CannotWrite(f"{path}: cannot write it ({why}). Check that its folder is a writable folder with free space, "
-                       "or choose another output folder.")
 
 # %% ../nbs/09_checkpoints.ipynb #2e29a3fa
 class _Recorder:
@@ -47,12 +35,9 @@ class _Recorder:
         except OSError as e: self.error = e; raise
     def flush(self): return self.f.flush()
 
-def _write_error(path:Path, e:BaseException, rec:_Recorder):
-    "The `CannotWrite` for an error `e` of writing `path`, or None when `e` is no write error."
-    if isinstance(e, CannotWrite): return None
-    if isinstance(e, OSError): return cannot_write(path, e)
-    if not isinstance(e, RuntimeError) or not any(s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'write failed')):
-        return None
+def _write_error(path:Path, e:RuntimeError, rec:_Recorder):
+    "The `CannotWrite` for torch's `RuntimeError` `e` of a failed write of `path`, or None when `e` is no write error."
+    if not any(s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'write failed')): return None
     if rec.error is not None: return cannot_write(path, rec.error)     # the file's own error, e.g. ENOSPC
     try: full = shutil.disk_usage(path.parent).free < 2**20
     except OSError: full = False
@@ -60,33 +45,31 @@ def _write_error(path:Path, e:BaseException, rec:_Recorder):
                          RuntimeError(f"the write failed, is the disk full? torch: {str(e).split('. ')[-1].strip()}"))
 
 # %% ../nbs/09_checkpoints.ipynb #aa6893e3
-def atomic_save(obj,  # a checkpoint dict (`torch.save`), a str (UTF-8 text) or bytes, or JSON-able data when `path` ends in .json
-                path): # the file to (over)write
-    "Save `obj` to `path` through a temporary file and `os.replace`, so `path` is never half-written; a write error (a full disk, say) is a `CannotWrite` naming `path`."
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    except OSError as e: raise cannot_write(path, e) from None
-    rec = None
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            rec = _Recorder(f)
+def _fill(tmp:Path, obj, path:Path):
+    "Write `obj` into `atomic_write`'s temporary file `tmp` as `atomic_save` does; torch's failed write is a `CannotWrite` naming `path`."
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), 'wb') as f:   # the file mkstemp made
+        rec = _Recorder(f)
+        try:
             if isinstance(obj, (str, bytes)): f.write(obj.encode() if isinstance(obj, str) else obj)
             elif path.suffix == '.json': f.write(json.dumps(json_safe(obj), indent=1, allow_nan=False).encode())
             else: torch.save(obj, rec)
-            f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())   # what open() would give; mkstemp makes it 0o600
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if (err := _write_error(path, e, rec or _Recorder(None))) is not None: raise err from None
-        raise
+        except RuntimeError as e:
+            if (err := _write_error(path, e, rec)) is not None: raise err from None
+            raise
+
+def atomic_save(obj,  # a checkpoint dict (`torch.save`), a str (UTF-8 text) or bytes, JSON-able data when `path` ends in .json, or a writer: a function of the temporary file's path
+                path, # the file to write
+                overwrite:bool=True, # replace `path` if it exists; False: a `FileExistsError` naming it instead
+               ) -> Path:
+    "Save `obj` to `path` with `atomic_write` (lesson 00), so `path` is never half-written; a write error (a full disk, say) is a `CannotWrite` naming `path`."
+    path = Path(path)
+    write = obj if callable(obj) and not isinstance(obj, torch.nn.Module) else lambda tmp: _fill(tmp, obj, path)
+    return atomic_write(path, write, overwrite)
 
 # %% ../nbs/09_checkpoints.ipynb #2ec5a27b
-_TMP = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # `atomic_save`'s temporary files: .NAME.XXXXXXXX.tmp (mkstemp)
+_TMP = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')   # the temporary files of older versions' `atomic_save`: .NAME.XXXXXXXX.tmp
 
-_PID_TMP = re.compile(r'^\..+\.(\d+)\.tmp$')     # those of `unet-predict` and the ONNX export: .NAME.PID.tmp
+_PID_TMP = re.compile(r'^\..+\.(\d+)\.tmp$')     # `atomic_write`'s, .NAME.XXXXXXXX.PID.tmp (and older .NAME.PID.tmp)
 
 def _running(pid:int) -> bool:
     "Whether a process `pid` is running (or exists, as another user's)."
@@ -97,7 +80,7 @@ def _running(pid:int) -> bool:
 
 # %% ../nbs/09_checkpoints.ipynb #945e605f
 def clean_tmp(folder, # a folder `atomic_save` writes into, e.g. a run's folder
-              pid_only:bool=False, # only the `.NAME.PID.tmp` files of processes that are gone (a folder others may write into)
+              pid_only:bool=False, # only the files of processes that are gone (`...PID.tmp`: a folder others may write into)
              ) -> list:
     "Delete the temporary files an interrupted save (say, killed with -9) left in `folder`; returns their paths."
     folder = Path(folder)

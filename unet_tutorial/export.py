@@ -12,11 +12,10 @@ from pathlib import Path
 import torch, torch.nn as nn
 
 from .core import BadInput
-from .checkpoints import cannot_write, check_writable, clean_tmp
+from .checkpoints import atomic_save, check_writable, clean_tmp
 from .data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .checkpoints import load_model
 from .images import check_size      # lesson 16
-from .inference import publish      # lesson 17: a finished file moved into place in one step
 
 # %% ../nbs/18_export.ipynb #4c37828d
 ONNX_PACKAGES = ('onnx', 'onnxscript', 'onnxruntime')   # what `torch.onnx.export` and the check need: the `onnx` extra
@@ -83,6 +82,15 @@ def _to_onnx(model:nn.Module, tmp:Path, side:int, step:int):
                           dynamo=True, external_data=False,
                           dynamic_shapes=({0: dim('batch'), 2: step * dim('h'), 3: step * dim('w')},))
 
+def _checked_onnx(model:nn.Module, tmp:Path, path:Path, size:int, step:int, atol:float, trained:int|None) -> float:
+    "`model` exported to `tmp`, checked against PyTorch and given its metadata; the largest difference, or a ValueError naming `path`."
+    _to_onnx(model, tmp, max(size, 2 * step), step)   # a side of one step would be specialised (h = 1): dynamic shapes refused
+    if (diff := onnx_difference(tmp, model, size, step)) > atol:
+        raise ValueError(f"{path}: not written: the ONNX model's probabilities differ from PyTorch's by up to "
+                         f"{diff:.2g}, more than atol={atol:g}; check the versions of torch, onnx and onnxruntime")
+    _onnx_metadata(tmp, trained or size, step, size)
+    return diff
+
 # %% ../nbs/18_export.ipynb #2399bdf0
 def export_onnx(model, # a `UNet` (or another module returning logits), or a checkpoint file for `load_model`
                 path, # the .onnx file to write; replaced only once the export is checked
@@ -102,14 +110,7 @@ def export_onnx(model, # a `UNet` (or another module returning logits), or a che
     model = copy.deepcopy(model).cpu().float().eval()                   # the caller's model stays as and where it is
     depth = getattr(model, 'config', {}).get('depth', 0)
     size, step = check_size(size or trained or 128, depth), 2**depth
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        _to_onnx(model, tmp, max(size, 2 * step), step)   # a side of one step would be specialised (h = 1): dynamic shapes refused
-        if (diff := onnx_difference(tmp, model, size, step)) > atol:
-            raise ValueError(f"{path}: not written: the ONNX model's probabilities differ from PyTorch's by up to "
-                             f"{diff:.2g}, more than atol={atol:g}; check the versions of torch, onnx and onnxruntime")
-        _onnx_metadata(tmp, trained or size, step, size); publish(tmp, path, overwrite)
+    diffs = []                                                          # the writer's result
+    try: atomic_save(lambda tmp: diffs.append(_checked_onnx(model, tmp, path, size, step, atol, trained)), path, overwrite)
     except FileExistsError: raise BadInput(f"{path}: created meanwhile by something else; not replaced") from None
-    except OSError as e: raise cannot_write(path, e) from None       # a full disk: the user's file, not `tmp`
-    finally: tmp.unlink(missing_ok=True)
-    return diff
+    return diffs[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 
-from .core import get_device
+from .core import atomic_write, get_device
 from .data import read_pet_pair, raise_bad_files, check_pets_root, normalize, read_split, split_trainval, trimap_to_mask
 
 # %% auto #0
@@ -47,12 +47,10 @@ _UNWRITABLE = set()   # cache folders already said to be unwritable: one notice 
 
 def _write_cache(d, fn) -> bool:
     "Save `d` to the cache file `fn` atomically, removing stale versions; False (after a notice) where `fn`'s folder cannot be written"
-    tmp = fn.with_suffix(f'.tmp{os.getpid()}')
     try:
         fn.parent.mkdir(parents=True, exist_ok=True)
         for old in fn.parent.glob(fn.name.rsplit('_', 1)[0] + '_*.pt'): old.unlink(missing_ok=True)   # stale versions
-        try: torch.save(d, tmp); os.replace(tmp, fn)                    # atomic
-        finally: tmp.unlink(missing_ok=True)                            # a failed write leaves no partial file
+        atomic_write(fn, lambda tmp: torch.save(d, tmp))   # lesson 00: never half a cache, no temporary file left
     except (OSError, RuntimeError) as e:   # a read-only or full cache folder: decode into memory instead, every time
         if isinstance(e, RuntimeError) and not any(s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'write')): raise
         if fn.parent not in _UNWRITABLE:

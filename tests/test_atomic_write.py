@@ -1,0 +1,72 @@
+"""One way to write a file (issue 21): lesson 00's `atomic_write`, which `atomic_save`, the tensor cache, `unet-predict`'s
+PNGs and the ONNX export all go through; its temporary files are the ones `clean_tmp` deletes after a kill -9."""
+import errno, os, signal, subprocess, sys, textwrap, time
+from unittest import mock
+
+import pytest
+import torch
+from PIL import Image
+
+from unet_tutorial.core import CannotWrite, atomic_write
+from unet_tutorial.checkpoints import _PID_TMP, atomic_save, clean_tmp
+from unet_tutorial.inference import _save_png
+
+
+def test_the_temporary_name_holds_the_process_id(tmp_path):
+    seen = []
+    atomic_write(tmp_path/'a.bin', lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b'x')))
+    assert seen[0].startswith('.a.bin.') and (m := _PID_TMP.match(seen[0])) and int(m[1]) == os.getpid(), seen
+    assert [p.name for p in tmp_path.iterdir()] == ['a.bin']
+
+
+def test_a_file_made_meanwhile_is_never_replaced(tmp_path):
+    "overwrite=False: a file that appears while the new one is written stays, and the error names it (not the temporary file)."
+    f = tmp_path/'cat_mask.png'
+    def racer(tmp): f.write_bytes(b'the user'); tmp.write_bytes(b'ours')
+    with pytest.raises(FileExistsError) as e: atomic_write(f, racer, overwrite=False)
+    assert e.value.filename == str(f) and f.read_bytes() == b'the user'
+    assert [p.name for p in tmp_path.iterdir()] == ['cat_mask.png']
+    with mock.patch('os.link', side_effect=OSError(errno.EPERM, 'Operation not permitted')):   # no hard links here
+        with pytest.raises(FileExistsError): atomic_write(f, lambda tmp: tmp.write_bytes(b'ours'), overwrite=False)
+        atomic_write(tmp_path/'new.png', lambda tmp: tmp.write_bytes(b'ours'), overwrite=False)
+    assert (f.read_bytes(), (tmp_path/'new.png').read_bytes()) == (b'the user', b'ours')
+
+
+def test_png_writes_name_the_users_file(tmp_path):
+    im, f = Image.new('RGB', (4, 3)), tmp_path/'o'/'cat_overlay.png'
+    _save_png(im, f, overwrite=False)
+    assert Image.open(f).size == (4, 3)
+    with pytest.raises(FileExistsError) as e: _save_png(im, f, overwrite=False)
+    assert e.value.filename == str(f)
+    with mock.patch.object(Image.Image, 'save', side_effect=OSError(errno.EROFS, 'Read-only file system')):
+        with pytest.raises(CannotWrite, match=rf"^{f}: cannot write it \(Read-only file system\)"): _save_png(im, f, overwrite=True)
+    assert sorted(p.name for p in f.parent.iterdir()) == ['cat_overlay.png']
+
+
+def test_a_module_is_saved_not_called(tmp_path):
+    "`atomic_save` takes a function of the temporary path as a writer, but a model (callable too) is an object to save."
+    m = torch.nn.Linear(2, 1)
+    atomic_save(m, tmp_path/'m.pt')
+    assert isinstance(torch.load(tmp_path/'m.pt', weights_only=False), torch.nn.Linear)
+
+
+def test_kill_9_leftovers_are_cleaned(tmp_path):
+    "A writer killed with -9 half-way leaves its temporary file; `clean_tmp` keeps it while the process runs, deletes it once it is gone."
+    ready = tmp_path/'ready'
+    code = textwrap.dedent(f"""
+        import time; from pathlib import Path
+        from unet_tutorial.core import atomic_write
+        def slow(tmp): tmp.write_bytes(b'half'); Path({str(ready)!r}).touch(); time.sleep(60)
+        atomic_write(Path({str(tmp_path/'out'/'best.pt')!r}), slow)""")
+    (tmp_path/'out').mkdir()
+    p = subprocess.Popen([sys.executable, '-c', code])
+    try:
+        for _ in range(600):
+            if ready.exists() or p.poll() is not None: break
+            time.sleep(0.05)
+        assert ready.exists(), 'the writer did not start'
+        (left,) = (tmp_path/'out').iterdir()
+        assert clean_tmp(tmp_path/'out', pid_only=True) == [] and left.exists()   # still running: kept
+    finally: os.kill(p.pid, signal.SIGKILL); p.wait()
+    assert _PID_TMP.match(left.name) and not (tmp_path/'out'/'best.pt').exists()
+    assert clean_tmp(tmp_path/'out') == [left] and list((tmp_path/'out').iterdir()) == []   # a run folder's mode
