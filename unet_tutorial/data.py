@@ -77,6 +77,7 @@ def _read_text(f):
     if '\0' in text: raise ValueError(f'{f} is not a text file (binary content): {how}')
     return text
 
+# %% ../nbs/01_data.ipynb #375762ad
 def breed_of(name:str) -> str:
     "The breed of an image name: 'Abyssinian_12' -> 'Abyssinian', 'great_pyrenees_3' -> 'great_pyrenees'"
     return name.rsplit('_', 1)[0]

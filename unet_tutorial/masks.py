@@ -43,6 +43,7 @@ def fmt_value(v, # a mask value
     "How messages write a mask value: '#rrggbb' for a colour (or a `Colour`), else its number, e.g. '255'."
     return f'#{int(v):06x}' if kind == 'colour' or isinstance(v, Colour) else f'{v:g}'
 
+# %% ../nbs/19_masks.ipynb #0d762610
 def parse_mask_value(v, # None, a number, a string of digits or a colour '#rrggbb'
                      what:str, # the option it was given to, for the message: 'foreground' or 'ignore'
                     ):
