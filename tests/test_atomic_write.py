@@ -6,6 +6,7 @@ from unittest import mock
 import pytest
 import torch
 from PIL import Image
+from fastcore import test as fc
 
 from unet_tutorial.core import CannotWrite, atomic_write
 from unet_tutorial.checkpoints import _PID_TMP, atomic_save, clean_tmp
@@ -17,6 +18,17 @@ def test_the_temporary_name_holds_the_process_id(tmp_path):
     atomic_write(tmp_path/'a.bin', lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b'x')))
     assert seen[0].startswith('.a.bin.') and (m := _PID_TMP.match(seen[0])) and int(m[1]) == os.getpid(), seen
     assert [p.name for p in tmp_path.iterdir()] == ['a.bin']
+
+
+def test_overwrite_false_and_the_umask(tmp_path):
+    "Moved from lesson 00: overwrite=False refuses an existing file (naming it, leaving no temporary file); a new file gets open()'s mode under the umask."
+    d = tmp_path
+    atomic_write(d/'a.txt', lambda tmp: tmp.write_text('first')); fc.test_eq((d/'a.txt').read_text(), 'first')
+    fc.test_fail(lambda: atomic_write(d/'a.txt', lambda tmp: tmp.write_text('new'), overwrite=False), contains='a.txt')
+    fc.test_eq((sorted(p.name for p in d.iterdir()), (d/'a.txt').read_text()), (['a.txt'], 'first'))   # no temporary file left
+    old = os.umask(0o027)
+    try: atomic_write(d/'b.txt', lambda tmp: tmp.write_text('x'), overwrite=False); fc.test_eq(oct((d/'b.txt').stat().st_mode & 0o777), oct(0o640))
+    finally: os.umask(old)
 
 
 def test_a_file_made_meanwhile_is_never_replaced(tmp_path):

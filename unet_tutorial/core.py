@@ -158,6 +158,7 @@ def atomic_write(path, # the file to write
 
 # %% ../nbs/00_core.ipynb #aa582feb
 _NO_ANSWER = 'no answer yet: fill in the cell above and run it'
+_NO_RETURN = _NO_ANSWER + ' (your function returned None: did you forget `return`?)'
 
 def _short(x, n:int=60) -> str:
     "`repr(x)` cut to `n` characters, tensors and arrays as their values."
@@ -205,9 +206,10 @@ def check(answer,          # the learner's result, or a function of no argument 
     "Print `correct` when `answer` matches `expected`, else what is wrong with it; with `strict`, raise instead of printing."
     try:
         got = answer() if callable(answer) else answer
-        if got is None or got is Ellipsis or isinstance(got, (list, tuple)) and Ellipsis in got: msg = _NO_ANSWER
+        if got is None and callable(answer): msg = _NO_RETURN    # a function that forgot its `return`
+        elif got is None or got is Ellipsis or isinstance(got, (list, tuple)) and Ellipsis in got: msg = _NO_ANSWER
         else: msg = _how_it_differs(got, expected, eps)
-        msg = msg if msg in (None, _NO_ANSWER) else f'not yet: {msg}'
+        msg = msg if msg in (None, _NO_ANSWER, _NO_RETURN) else f'not yet: {msg}'
     except Exception as e:   # an error in the learner's code; one built on an untouched stub mentions the ellipsis
         msg = _NO_ANSWER if 'ellipsis' in str(e).lower() else f'not yet: {type(e).__name__}: {e}'
     if msg is None: print('correct'); return
