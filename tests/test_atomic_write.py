@@ -9,7 +9,7 @@ from PIL import Image
 from fastcore import test as fc
 
 from unet_tutorial.core import CannotWrite, atomic_write
-from unet_tutorial.checkpoints import _PID_TMP, atomic_save, clean_tmp
+from unet_tutorial.checkpoints import _PID_TMP, atomic_save, check_writable, clean_tmp
 from unet_tutorial.inference import _save_png
 
 
@@ -82,3 +82,70 @@ def test_kill_9_leftovers_are_cleaned(tmp_path):
     finally: os.kill(p.pid, signal.SIGKILL); p.wait()
     assert _PID_TMP.match(left.name) and not (tmp_path/'out'/'best.pt').exists()
     assert clean_tmp(tmp_path/'out') == [left] and list((tmp_path/'out').iterdir()) == []   # a run folder's mode
+
+
+# moved whole from lesson 09 (issue 21): the edge cases of `atomic_save`, `clean_tmp` and `check_writable`
+
+def full_disk(fd): raise OSError(errno.ENOSPC, 'No space left on device')
+
+
+class FullFile:   # a file on a full disk, as torch's writer meets it: it reports '[enforce fail ...] unexpected pos'
+    def __init__(self, f): self.f = f
+    def write(self, b): raise OSError(errno.ENOSPC, 'No space left on device')
+    def __getattr__(self, k): return getattr(self.f, k)
+    def __enter__(self): return self
+    def __exit__(self, *a): self.f.close()
+
+
+def test_atomic_save_files_get_the_umask_s_permissions(tmp_path):
+    d = tmp_path
+    old = os.umask(0o027)
+    try:
+        for f in ('x.pt', 'h.json', 'r.md'):
+            atomic_save({'x.pt': {'a': torch.ones(2)}, 'h.json': [1, 2], 'r.md': '# hi\n'}[f], d/f)
+            assert oct((d/f).stat().st_mode & 0o777) == oct(0o640), f
+    finally: os.umask(old)
+
+
+def test_a_full_disk_at_fsync_names_the_file(tmp_path):
+    d = tmp_path
+    with mock.patch('os.fsync', full_disk):
+        with pytest.raises(CannotWrite) as e: atomic_save({'a': torch.ones(2)}, d/'x.pt')
+        assert f"{d/'x.pt'}: cannot write it (No space left" in str(e.value)
+        with pytest.raises(CannotWrite, match='No space left'): atomic_save([1], d/'h.json')
+    assert sorted(p.name for p in d.iterdir() if p.name.endswith('.tmp')) == []
+
+
+def test_a_full_disk_in_torch_save_keeps_the_old_file(tmp_path):
+    d = tmp_path
+    atomic_save({'a': torch.ones(2)}, d/'x.pt')
+    fdopen = os.fdopen
+    with mock.patch('os.fdopen', lambda fd, mode: FullFile(fdopen(fd, mode))):
+        with pytest.raises(CannotWrite) as e: atomic_save({'a': torch.zeros(2)}, d/'x.pt')
+        assert f"{d/'x.pt'}: cannot write it (No space left" in str(e.value)
+    assert torch.equal(torch.load(d/'x.pt')['a'], torch.ones(2))                  # the old file is intact
+    assert sorted(p.name for p in d.iterdir() if p.name.endswith('.tmp')) == []
+
+
+def test_clean_tmp_keeps_what_is_not_a_leftover(tmp_path):
+    d = tmp_path
+    for f in ('.last.pt.ab_cd123.tmp', '.history.json.k2j3h4g5.tmp', 'keep.tmp', '.last.pt.tmp', 'notes.txt'): (d/f).write_text('x')
+    (d/'sub').mkdir(); (d/'sub'/'.best.pt.zzzzzzzz.tmp').write_text('x')
+    assert sorted(p.name for p in clean_tmp(d)) == ['.history.json.k2j3h4g5.tmp', '.last.pt.ab_cd123.tmp']
+    assert (d/'keep.tmp').exists() and (d/'.last.pt.tmp').exists() and (d/'sub'/'.best.pt.zzzzzzzz.tmp').exists()
+    assert clean_tmp(d/'nowhere') == []
+    dead = subprocess.Popen([sys.executable, '-c', '']); dead.wait()   # an unet-predict killed with -9 leaves .NAME.PID.tmp
+    for f in (f'.a_mask.png.{dead.pid}.tmp', f'.b_mask.png.{os.getpid()}.tmp', f'.c.png.x1y2z3w4.{dead.pid}.tmp'): (d/f).write_text('x')
+    assert sorted(p.name for p in clean_tmp(d, pid_only=True)) == [f'.a_mask.png.{dead.pid}.tmp', f'.c.png.x1y2z3w4.{dead.pid}.tmp']
+    assert clean_tmp(d) == []                                               # a running process's file stays, in both modes
+    (d/f'.b_mask.png.{os.getpid()}.tmp').unlink()
+
+
+def test_check_writable_names_the_folder_and_why(tmp_path):
+    d = tmp_path; (d/'notes.txt').write_text('x')
+    assert check_writable(d/'new'/'out') == d/'new'/'out' and list((d/'new'/'out').iterdir()) == []
+    with pytest.raises(CannotWrite, match='it is a file, not a folder'): check_writable(d/'notes.txt')
+    with pytest.raises(CannotWrite) as e: check_writable(d/'notes.txt'/'out', '--out')
+    assert f"{d/'notes.txt'/'out'}: cannot write into this --out" in str(e.value)
+    with mock.patch('os.fsync', full_disk):
+        with pytest.raises(CannotWrite, match='No space left'): check_writable(d)

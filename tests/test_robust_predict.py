@@ -101,6 +101,15 @@ def test_09_untrained_or_mistyped_checkpoints_are_refused(tmp_path):
     load_model(tmp_path/'half.pt', 'cpu')   # fp16 weights (the reference model's) are fine
 
 
+
+def test_09_nan_weights_are_refused(tmp_path):
+    "Weights holding NaN (a diverged run's) are refused by name, the tensor named."
+    m = UNet(width=4, depth=2); sd = m.state_dict()
+    k = next(k for k, v in sd.items() if v.is_floating_point())
+    torch.save({'model': {**sd, k: torch.full_like(sd[k], float('nan'))}, 'model_config': m.config}, tmp_path/'nan.pt')
+    with pytest.raises(CheckpointError, match=rf'nan\.pt: 1 weight tensor\(s\) hold NaN or infinity \(e\.g\. {k}\)'):
+        load_model(tmp_path/'nan.pt', 'cpu')
+
 @needs_onnx
 def test_09_onnx_metadata_records_the_training_size(tmp_path, capsys):
     import onnx
