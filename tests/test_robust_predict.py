@@ -110,6 +110,31 @@ def test_09_nan_weights_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=rf'nan\.pt: 1 weight tensor\(s\) hold NaN or infinity \(e\.g\. {k}\)'):
         load_model(tmp_path/'nan.pt', 'cpu')
 
+
+def test_17_lesson_broken_checkpoints_each_named(tmp_path):
+    "Lesson 17's broken checkpoints (it keeps three of them): each refused with its own reason and its file's name."
+    def save_tiny(path, **kw):
+        m = UNet(**{'width': 4, 'depth': 2, **kw})
+        torch.save({'model': m.state_dict(), 'model_config': m.config, 'epoch': 0, 'history': []}, path)
+        return path
+    bad = tmp_path/'bad'; bad.mkdir()
+    tiny = save_tiny(tmp_path/'tiny.pt')
+    other = torch.load(save_tiny(bad/'wide.pt', width=8), weights_only=True)
+    torch.save({**other, 'model_config': {**other['model_config'], 'width': 4}}, bad/'mismatch.pt')  # wider weights
+    torch.save({'model': other['model']}, bad/'no_config.pt')
+    torch.save({**other, 'model': {k: v.fill_(float('nan')) if k.endswith('running_var') else v for k, v in other['model'].items()}}, bad/'nan.pt')
+    (bad/'corrupt.pt').write_bytes(tiny.read_bytes()[:500])  # a download cut short
+    m0 = UNet(width=4, depth=2)
+    torch.save({'model': m0.state_dict(), 'model_config': m0.config, 'epoch': 0, 'step': 0, 'optimizer': {}}, bad/'last.pt')  # before epoch 1
+    torch.save({**other, 'model': {k: v.long() for k, v in other['model'].items()}}, bad/'int64.pt')
+    torch.save({**other, 'model': {k: 'w' for k in other['model']}}, bad/'strings.pt')
+    for f, msg in [('last.pt', 'before the first epoch'), ('int64.pt', 'is int64, not float32'), ('strings.pt', 'not a tensor'),
+                   ('missing.pt', 'no such file'), ('corrupt.pt', 'truncated or corrupt'), ('no_config.pt', 'model_config'),
+                   ('mismatch.pt', 'of another shape'), ('nan.pt', 'NaN or infinity')]:
+        with pytest.raises(CheckpointError) as e: load_model(bad/f)
+        assert msg in str(e.value) and f in str(e.value), (f, str(e.value))
+
+
 @needs_onnx
 def test_09_onnx_metadata_records_the_training_size(tmp_path, capsys):
     import onnx

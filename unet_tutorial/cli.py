@@ -69,7 +69,7 @@ def _compare_runs(experiments:str, seeds:str, cfg:RunConfig, dev) -> tuple: # `c
 # %% ../nbs/A2_cli.ipynb #00974014
 def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ and annotations/); default: $UNET_TUTORIAL_DATA, else shared/data/pets128, data/pets128 or data here or in a folder above
             download:bool=False, # download the dataset into the --data folder first (needs the network)
-            quick:bool=False, # embedded synthetic data and the quick preset: the whole comparison in one or two minutes
+            quick:bool=False, # embedded synthetic data and the quick preset: the whole comparison in about 1.5 minutes on one core
             preset:str=None, # settings to start from: quick, cpu or gpu (default: gpu on a GPU, else cpu)
             experiments:str='1,2,3,4', # experiments to run, keys or names, comma-separated (e.g. 1,3)
             seeds:str='0', # seeds, comma-separated: one run per experiment and seed (e.g. 0,1,2)
@@ -149,11 +149,10 @@ def _export(checkpoint, # a checkpoint file (the reference model's, when none wa
             overwrite:bool=False, # replace `path` if it exists
             images=()): # the photos segmented: never replaced
     "Export the model of `checkpoint` to `path` with `export_onnx` (checked with onnxruntime), and say so."
-    ckpt = checkpoint
     keep = {f: 'one of the photos to segment' for f in images}
-    try: diff = export_onnx(ckpt, path, size, overwrite=overwrite, keep=keep)
+    try: diff = export_onnx(checkpoint, path, size, overwrite=overwrite, keep=keep)
     except ImportError as e: raise BadInput(str(e)) from None   # the `onnx` extra is not installed
-    trained = read_checkpoint(ckpt).get('size')
+    trained = read_checkpoint(checkpoint).get('size')
     note = f"; checked at --size {size}, its metadata records the training size {trained}" if size and trained and size != trained else ''
     print(f"wrote {path}: checked with onnxruntime, its probabilities within {diff:.1e} of PyTorch's{note}")
 

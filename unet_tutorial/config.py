@@ -36,7 +36,7 @@ class RunConfig:
     channels_last: bool|None = None  # NHWC memory format; None: where it is faster (CUDA and CPU)
     augment: bool = True          # random flips and zoom of the training images
     border: str = 'background'    # the trimap border as 'background', 'pet' or 'ignore'
-    limit: int|None = None        # use at most this many training images (None: all of them)
+    limit: int|None = None        # use at most this many training images (default: all of them)
     seed: int = 0                 # initial weights, batch order and augmentation
     device: str|None = None       # 'cpu', 'cuda', 'cuda:N' or 'mps'; None: the best available
     drop_bad_trimaps: bool = True # leave the failed annotations (lesson 03's `bad_trimaps`) out of training and scoring

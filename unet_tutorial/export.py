@@ -12,9 +12,8 @@ from pathlib import Path
 import torch, torch.nn as nn
 
 from .core import BadInput
-from .checkpoints import atomic_save, check_writable, clean_tmp
 from .data import IMAGENET_MEAN, IMAGENET_STD, normalize
-from .checkpoints import load_model
+from .checkpoints import atomic_save, check_writable, clean_tmp, load_model   # lesson 09
 from .images import check_size      # lesson 16
 
 # %% ../nbs/18_export.ipynb #4c37828d

@@ -15,9 +15,9 @@ from PIL import Image
 from torchvision.utils import draw_segmentation_masks
 
 from .core import BadInput, get_device
-from .checkpoints import CannotWrite, atomic_save, check_writable, clean_tmp
 from .data import normalize
-from .checkpoints import CheckpointError, load_model   # lesson 05; also importable from here
+from .checkpoints import (CannotWrite, CheckpointError, atomic_save, check_writable, clean_tmp,   # lesson 09;
+                                       load_model)   # CheckpointError and load_model also importable from here
 from .images import MAX_PIXELS, check_size, image_tensor, load_image, model_input   # lesson 16
 
 # %% ../nbs/17_inference.ipynb #bf41c9c5
@@ -69,7 +69,9 @@ def show_prediction(image,                 # as for `predict`
     "The image with p(pet) in red, the predicted mask's outline in yellow and the true one in green; returns the axes."
     import matplotlib.pyplot as plt; from matplotlib.lines import Line2D   # only when drawing
     img, prob = image_tensor(image).permute(1, 2, 0).clamp(0, 1).numpy(), torch.as_tensor(prob).float().numpy()
-    if ax is None: _, ax = plt.subplots(figsize=(4, 4))
+    m = None if mask is None else torch.as_tensor(np.asarray(mask)).squeeze().float().numpy()
+    if m is not None and m.shape != prob.shape: raise ValueError(f'mask: shape {m.shape} is not the image\'s {prob.shape}')
+    if ax is None: _, ax = plt.subplots(figsize=(4, 4))   # only once the inputs are checked: no stray figure
     overlay = np.zeros((*prob.shape, 4)); overlay[..., 0] = 1; overlay[..., 3] = 0.5 * prob
     ax.imshow(img); ax.imshow(overlay)
     handles = [Line2D([], [], color='red', lw=6, alpha=.5, label='p(pet)')]
@@ -77,8 +79,6 @@ def show_prediction(image,                 # as for `predict`
         ax.contour(prob, levels=[threshold], colors='yellow', linewidths=1.2)
         handles.append(Line2D([], [], color='yellow', label=f'predicted (p > {threshold})'))
     if mask is not None:
-        m = torch.as_tensor(np.asarray(mask)).squeeze().float().numpy()
-        if m.shape != prob.shape: raise ValueError(f'mask: shape {m.shape} is not the image\'s {prob.shape}')
         ax.contour(np.where(m == 1, 1., 0.), levels=[0.5], colors='lime', linewidths=1.2)
         handles.append(Line2D([], [], color='lime', label='true outline'))
     ax.legend(handles=handles, loc='lower left', fontsize=7, framealpha=.8)

@@ -132,7 +132,7 @@ def config_from(base, # the preset to start from
     if unknown := sorted(set(settings) - set(fields)): raise TypeError(f"unexpected option(s): {', '.join(unknown)}")
     over = {k: _FROM_SHELL[k](v) if k in _FROM_SHELL and isinstance(v, str) else v for k, v in settings.items() if v is not None}
     try:
-        if isinstance(over.get('size'), int) and over['size'] > MAX_SIZE:   # the largest a prediction takes (lesson 17)
+        if isinstance(over.get('size'), int) and over['size'] > MAX_SIZE:   # the largest a prediction takes (lesson 16)
             raise ConfigError('size', f"must be at most {MAX_SIZE} (got {over['size']})")
         return base.replace(**over, **more)
     except ConfigError as e: raise said(e, fields) from None
