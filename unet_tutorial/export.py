@@ -30,6 +30,7 @@ def _sample(n:int, h:int, w:int, seed:int=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return normalize(torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8))
 
+# %% ../nbs/18_export.ipynb #d9eed6b9
 @torch.no_grad()
 def onnx_difference(onnx_file, # an .onnx file written by `export_onnx`
                     model:nn.Module, # the PyTorch model it came from, on the CPU in eval mode

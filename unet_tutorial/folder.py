@@ -179,6 +179,7 @@ def _conversions(read:dict, size:int) -> str:
     return (f"images {lo[1]}×{lo[0]}" + (f" to {hi[1]}×{hi[0]}" if hi != lo else '') + f", resized to {size}×{size}"
             + (f"; converted: {done}" if done else ''))
 
+# %% ../nbs/21_own_data.ipynb #ab16d586
 _DIGESTS = {}   # {(file, size, mtime_ns): sha256}: a file read again unchanged is not hashed again
 
 def _digest(path:Path) -> str:

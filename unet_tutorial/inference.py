@@ -118,6 +118,7 @@ def _real(path: Path) -> Path:
     try: return path.resolve()
     except (OSError, RuntimeError): return Path(os.path.abspath(path))   # RuntimeError: Python < 3.13's 'Symlink loop'
 
+# %% ../nbs/17_inference.ipynb #ea68296d
 def _plan(images, out: Path, overwrite: bool) -> dict:
     "{image: (mask file, overlay file)} in `out`; `BadInput` if that would replace a photo, or an existing file unless `overwrite`."
     used, plan = set(), {}
