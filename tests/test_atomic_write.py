@@ -118,13 +118,16 @@ def test_a_full_disk_at_fsync_names_the_file(tmp_path):
 
 def test_a_full_disk_in_torch_save_keeps_the_old_file(tmp_path):
     d = tmp_path
-    atomic_save({'a': torch.ones(2)}, d/'x.pt')
+    atomic_save({'a': torch.ones(2)}, d/'x.pt'); before = (d/'x.pt').read_bytes()
     fdopen = os.fdopen
     with mock.patch('os.fdopen', lambda fd, mode: FullFile(fdopen(fd, mode))):
-        with pytest.raises(CannotWrite) as e: atomic_save({'a': torch.zeros(2)}, d/'x.pt')
-        assert f"{d/'x.pt'}: cannot write it (No space left" in str(e.value)
-    assert torch.equal(torch.load(d/'x.pt')['a'], torch.ones(2))                  # the old file is intact
-    assert sorted(p.name for p in d.iterdir() if p.name.endswith('.tmp')) == []
+        with pytest.raises(CannotWrite) as e: atomic_save({'a': torch.zeros(1000)}, d/'x.pt')
+        assert f"{d/'x.pt'}: cannot write it (No space left on device)" in str(e.value)
+    # torch's own report of a failed write, without the file's OSError: still a CannotWrite naming the file
+    with mock.patch.object(torch, 'save', side_effect=RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0')):
+        with pytest.raises(CannotWrite, match=r'x\.pt: cannot write it'): atomic_save({'model': {}}, d/'x.pt')
+    assert (d/'x.pt').read_bytes() == before and torch.equal(torch.load(d/'x.pt')['a'], torch.ones(2))   # the old file is intact
+    assert [p.name for p in d.iterdir()] == ['x.pt']                                                    # and no temporary file
 
 
 def test_clean_tmp_keeps_what_is_not_a_leftover(tmp_path):
