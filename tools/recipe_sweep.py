@@ -22,6 +22,11 @@ RECIPES = {
     'onecycle1e-2_12ep':  '--epochs 12 --lr 1e-2 --schedule onecycle',
     'onecycle3e-2_12ep':  '--epochs 12 --lr 3e-2 --schedule onecycle',  # the LR finder's suggestion
     'onecycle3e-3_30ep':  '--epochs 30 --lr 3e-3 --schedule onecycle',  # the preset, longer: the reference model
+    # issue 23, time to accuracy: progressive resizing (the first epochs at 64 px cost about a quarter) and smaller batches
+    'prog50_onecycle3e-3_24ep':  '--epochs 24 --lr 3e-3 --schedule onecycle --progressive 0.5',
+    'prog67_onecycle3e-3_30ep':  '--epochs 30 --lr 3e-3 --schedule onecycle --progressive 0.67',
+    'bs16_onecycle3e-3_16ep':    '--epochs 16 --lr 3e-3 --schedule onecycle --batch-size 16',
+    'prog50_bs16_onecycle3e-3_20ep': '--epochs 20 --lr 3e-3 --schedule onecycle --batch-size 16 --progressive 0.5',
 }
 
 def lrfind(data, out, threads):

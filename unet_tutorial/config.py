@@ -34,6 +34,7 @@ class RunConfig:
     schedule: str|None = None     # learning-rate schedule: None (constant), 'cosine' or 'onecycle'
     amp: str = 'auto'             # mixed precision: 'auto', 'bf16', 'fp16' or 'off'
     channels_last: bool|None = None  # NHWC memory format; None: where it is faster (CUDA and CPU)
+    progressive: float = 0.       # share of the epochs (the first ones) trained at half the size: progressive resizing
     augment: bool = True          # random flips and zoom of the training images
     border: str = 'background'    # the trimap border as 'background', 'pet' or 'ignore'
     limit: int|None = None        # use at most this many training images (default: all of them)
@@ -63,10 +64,15 @@ def _check_sizes(c:RunConfig):
 
 # %% ../nbs/07_config.ipynb #6bbd79ed
 def _check_choices(c:RunConfig):
-    "Check the choices of `c` (schedule, amp, border), its limit, a bottleneck BatchNorm can train, `drop_bad_trimaps` and the seed."
+    "Check the choices of `c` (schedule, amp, border), its limit, `progressive`, a bottleneck BatchNorm can train, `drop_bad_trimaps` and the seed."
     for k, ok in (('schedule', SCHEDULES), ('amp', AMPS), ('border', BORDERS)):
         if getattr(c, k) not in ok: raise ConfigError(k, f"must be {_one_of(ok)} (got {getattr(c, k)!r})")
     if c.limit is not None and c.limit < 1: raise ConfigError('limit', f'must be at least 1 (got {c.limit!r})')
+    if isinstance(c.progressive, bool) or not isinstance(c.progressive, (int, float)) or not 0 <= c.progressive < 1:
+        raise ConfigError('progressive', f'must be a share of the epochs from 0 to below 1, e.g. 0.5 (got {c.progressive!r})')
+    if c.progressive and (c.size // 2) % 2**c.depth:   # the first epochs train at half the size, which must fit the U-Net too
+        raise ConfigError('progressive', f'trains the first epochs at half the size, {c.size // 2}, which is not a multiple of '
+                          f'2**depth = {2**c.depth}: use a size that is a multiple of {2**(c.depth + 1)}, or progressive 0')
     if c.size == 2**c.depth and (c.batch_size == 1 or c.limit == 1):   # BatchNorm needs 2 values a channel
         k = 'batch_size' if c.batch_size == 1 else 'limit'
         raise ConfigError('size', lambda n: f"{n('size')} {c.size} with {n('depth')} {c.depth} leaves a 1×1 bottleneck, "

@@ -8,7 +8,7 @@ import math, signal, time
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch, torch.nn as nn
+import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch, store_attr
 
 from .core import BadInput, loader_generator, seed_loader, amp_policy, get_device, get_rng_state, set_rng_state, set_seed
@@ -151,6 +151,7 @@ def train_epoch(self:Trainer):
     for i, (x, y) in enumerate(dl):
         if self.schedule_lr: self._set_lr()
         self.batch = i
+        if self.epoch < round(self.cfg.progressive * (self.epochs or self.cfg.epochs)): x, y = F.avg_pool2d(x, 2), y[..., ::2, ::2]
         self.loss = losses[i] = self.train_step(x, y); sizes[i], self.size = len(x), x.shape[-1]
         if time.perf_counter() - t_read > 0.5 or i + 1 == len(dl):  # read the device at most twice a second
             self.check_losses(losses, i + 1); t_read = time.perf_counter()
