@@ -3,11 +3,14 @@
     python tools/recipe_sweep.py lrfind --data ../shared/data/pets128 --out results/sweep
     python tools/recipe_sweep.py run NAME [NAME ...] --data ../shared/data/pets128 --out results/sweep [--threads 1]
     python tools/recipe_sweep.py timing --data ../shared/data/pets128 --out results/sweep   # on an otherwise idle machine
+    python tools/recipe_sweep.py shapes --data ../shared/data/pets128 --out results/sweep --label amx   # idle, too
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python tools/recipe_sweep.py timing --label avx2   # as an AVX2-only CPU
 
 `timing` trains the CPU preset (Exp 1) for 2 epochs with every core and writes OUT/timing.json: the seconds of an
 epoch (training and validation) once warm, to turn the sweep's images into minutes on this machine when it is idle.
-`lrfind` writes OUT/lr_find.json (rates, smoothed losses, suggestion). `run` trains each named recipe of `RECIPES`
+`shapes` times training steps at each batch shape of the sweep (full and half size, batch 32 and 16) and one validation
+pass, in one process, and writes OUT/shapes_LABEL.json: the seconds an image costs at each shape, to turn runs with
+progressive resizing or smaller batches into idle minutes. `lrfind` writes OUT/lr_find.json (rates, smoothed losses, suggestion). `run` trains each named recipe of `RECIPES`
 (Exp 1, every trimap kept, as in results/cpu) with `unet-compare` into OUT/<name>/: the same command again skips
 finished runs and resumes unfinished ones. Lesson 07 reads the folder back with `unet_tutorial.report.sweep_table`.
 """
@@ -69,6 +72,48 @@ def timing(data, out, threads, label=''):
     atomic_save(rec, Path(out)/f"timing{'_' + label if label else ''}.json")
     print(f"{rec['hardware']}: {rec['epoch_s']:.1f} s an epoch (train + validation), {rec['images_per_s']:.1f} images/s")
 
+def shapes(data, out, threads, label='', steps=12, rounds=3):
+    """Idle seconds an image of training costs at each batch shape the sweep uses (full and half size; batch 32 and 16),
+    and a validation pass's seconds, timed in this one process: `rounds` rounds of `steps` steps a shape, the shapes
+    taking turns so that a change of the machine's load touches them all, after two warm-up steps a shape."""
+    import os, torch
+    from unet_tutorial.config import CPU
+    from unet_tutorial.loaders import dls_for
+    from unet_tutorial.losses import get_loss
+    from unet_tutorial.model import build_model
+    from unet_tutorial.trainer import Trainer
+    from unet_tutorial.core import cpu_kind
+    from unet_tutorial.checkpoints import atomic_save
+    torch.set_num_threads(threads or os.cpu_count())
+    cfg = CPU.replace(device='cpu', drop_bad_trimaps=False)
+    dls = dls_for(cfg, data)
+    torch.manual_seed(0)
+    t = Trainer(build_model(1, width=cfg.width, depth=cfg.depth), get_loss('bce'), dls, cfg, cbs=())
+    t.model.train()
+    batches = [b for _, b in zip(range(steps), dls.train)]   # the same 12 batches of 32 for every shape
+    def shape_batches(size, bs):
+        for x, y in batches:
+            if size < cfg.size: x, y = torch.nn.functional.avg_pool2d(x, 2), y[..., ::2, ::2]
+            for i in range(0, len(x), bs): yield x[i:i + bs], y[i:i + bs]
+    keys = [(s, b) for s in (cfg.size, cfg.size // 2) for b in (32, 16)]
+    secs, imgs = {k: 0. for k in keys}, {k: 0 for k in keys}
+    for k in keys:                                            # warm-up: oneDNN picks its kernels for each shape
+        for x, y in list(shape_batches(*k))[:2]: t.train_step(x, y)
+    for _ in range(rounds):
+        for k in keys:
+            t0 = time.perf_counter()
+            for x, y in shape_batches(*k): loss = t.train_step(x, y); imgs[k] += len(x)
+            float(loss); secs[k] += time.perf_counter() - t0   # float(): waits for the last step
+    t.evaluate(); t0 = time.perf_counter(); t.evaluate(); valid_s = time.perf_counter() - t0
+    rec = dict(train_s_per_image={f'{s}/{b}': secs[(s, b)] / imgs[(s, b)] for s, b in keys}, valid_s=valid_s,
+               n_train=dls.train.n, n_valid=dls.valid.n, threads=torch.get_num_threads(),
+               hardware=f'CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads; {cpu_kind()})',
+               precision=str(t.amp_dtype or torch.float32).replace('torch.', ''),
+               load_average=os.getloadavg()[0], command='python tools/recipe_sweep.py shapes --data DATA --out OUT')
+    atomic_save(rec, Path(out)/f"shapes{'_' + label if label else ''}.json")
+    for k, v in rec['train_s_per_image'].items(): print(f'{k}: {1 / v:.1f} training images/s')
+    print(f"validation pass ({dls.valid.n} images): {valid_s:.1f} s | {rec['hardware']} | load average {rec['load_average']:.2f}")
+
 def run(names, data, out, threads):
     for name in names:
         opts = RECIPES[name].split()
@@ -79,7 +124,7 @@ def run(names, data, out, threads):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('what', choices=['lrfind', 'run', 'timing'])
+    p.add_argument('what', choices=['lrfind', 'run', 'timing', 'shapes'])
     p.add_argument('names', nargs='*', help=f'recipes to run: {", ".join(RECIPES)}')
     p.add_argument('--data', default='../shared/data/pets128')
     p.add_argument('--out', default='results/sweep')
@@ -89,6 +134,7 @@ if __name__ == '__main__':
     a = p.parse_args()
     if a.what == 'lrfind': lrfind(a.data, a.out, a.threads)
     elif a.what == 'timing': timing(a.data, a.out, a.threads, a.label)
+    elif a.what == 'shapes': shapes(a.data, a.out, a.threads, a.label)
     else:
         if bad := [n for n in a.names if n not in RECIPES]: p.error(f'unknown recipes {bad}: use {", ".join(RECIPES)}')
         run(a.names, a.data, a.out, a.threads)
