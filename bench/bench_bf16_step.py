@@ -4,7 +4,8 @@
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/bench_bf16_step.py   # the same CPU as an AVX2-only one
 
 Prints the CPU kind and bf16's speed as a multiple of fp32's (best of two steps each, after a warm-up step): above 1
-where bf16 is native, far below 1 where PyTorch falls back to a slow path. The README quotes both lines.
+where bf16 is native, far below 1 where PyTorch falls back to a slow path. Nothing quotes its figures: one step is
+a quick look at your own machine; the speed-ups the course quotes are those of the idle benchmarks in results/bench/.
 """
 import time, torch
 from unet_tutorial.model import build_model

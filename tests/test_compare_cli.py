@@ -259,3 +259,17 @@ def test_truncated_last_pt(tmp_path):
     r = compare(tmp_path, *args, '--epochs', '1')   # unfinished: it resumes from last.pt
     _no_traceback(r)
     assert f'{last}: cannot read this checkpoint' in r.stderr and 'delete it and rerun' in r.stderr, r.stderr
+
+
+def test_the_log_counts_epochs_in_words(tmp_path):
+    "One run's two log lines say '1 epoch' (not '1 epochs') for one epoch, and '2 epochs' for two (issue 22)."
+    import torch
+    from unet_tutorial.experiments import run_comparison
+    torch.set_num_threads(1)
+    root = _pets(tmp_path/'pets')
+    for epochs, said in ((1, '1 epoch'), (2, '2 epochs')):
+        lines = []
+        run_comparison(root, tmp_path/f'out{epochs}', QUICK.replace(size=32, width=4, batch_size=8, epochs=epochs, device='cpu'),
+                       experiments=(1,), progress=False, log=lines.append)
+        assert len(lines) == 2 and all(l.endswith(said) or f'{said} on ' in l for l in lines), lines
+        assert f'{said}s' not in ' '.join(lines), lines

@@ -3,7 +3,9 @@
 A lesson with an `## Exercises` heading must have, in that section, at least two checking cells (`check(` from
 `unet_tutorial.core`) and, for each, a solution cell that starts with `#| code-fold: true`, is hidden in Jupyter
 (`{"jupyter": {"source_hidden": true}}`) and calls `check(..., strict=True)`, so that running the notebook under the
-tests fails when a check and its solution drift apart. Reads the notebooks only; runs nothing.
+tests fails when a check and its solution drift apart. The committed outputs are a fresh run's (issue 22): an
+untouched stub prints nothing and its check prints "no answer yet", never an answer or a verdict.
+Reads the notebooks only; runs nothing.
 """
 import json, re
 from pathlib import Path
@@ -81,3 +83,53 @@ def test_the_rule_itself(tmp_path):
     assert 'first line' in ' '.join(nb(*ex(good), *ex('# the solution\n' + good)))
     assert nb(*ex(good), heading='## Exercises that check themselves') == []   # not the section: not held to the rule
     assert nb(*ex(good), *ex(good), cell('markdown', '## Next'), cell('code', 'check(1, 1)')) == []   # the section ends
+
+def _printed(cell):
+    "The text a code cell's committed outputs show (streams, results, errors)."
+    out = []
+    for o in cell.get('outputs', []):
+        if o.get('output_type') == 'error': out.append(f"{o.get('ename')}: {o.get('evalue')}")
+        out.append(''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', '')))
+    return ''.join(out)
+
+def unanswered_problems(path):
+    "Where the committed outputs of the exercises of `path` are not what a fresh, unanswered run prints ([] if none)."
+    from unet_tutorial.core import _NO_ANSWER
+    cells = exercise_cells(path) or []
+    code = [c for c in cells if c['cell_type'] == 'code' and not _src(c).startswith(FOLD)]
+    errs = []
+    for c in code:
+        s, shown = _src(c), _printed(c)
+        if 'check(' in s:   # the learner's check of an untouched stub: only "no answer yet", no verdict, no error
+            lines = shown.splitlines()
+            verdicts = [l for l in lines if l == 'correct' or l.startswith('not yet')]
+            if verdicts or any(o.get('output_type') == 'error' for o in c.get('outputs', [])):
+                errs.append(f'check cell {c.get("id")} shows {verdicts or shown[:80]!r}, a stub prints {_NO_ANSWER!r}')
+            elif _NO_ANSWER not in lines: errs.append(f'check cell {c.get("id")} does not show {_NO_ANSWER!r}: re-run the lesson')
+        elif 'your code here' in s and shown:   # a stub only defines: a fresh run prints nothing
+            errs.append(f'stub {c.get("id")} shows {shown[:80]!r}: a fresh run of the stub prints nothing')
+    return errs
+
+@pytest.mark.parametrize('path', _lessons(), ids=lambda p: p.name)
+def test_committed_exercises_are_unanswered(path):
+    "The saved outputs of the stubs and their checks are a fresh run's, not a run with the answers filled in."
+    assert unanswered_problems(path) == [], f'{path.name}: ' + '; '.join(unanswered_problems(path))
+
+def test_the_unanswered_rule_itself(tmp_path):
+    "A made-up lesson: the unanswered outputs pass; an answer, a verdict, an error or no output at all are named."
+    from unet_tutorial.core import _NO_ANSWER
+    said = lambda text: [dict(output_type='stream', name='stdout', text=[text])]
+    def nb(stub_out=(), check_out=None):
+        cells = [dict(cell_type='markdown', id='h', metadata={}, source='## Exercises'),
+                 dict(cell_type='code', id='stub', metadata={}, outputs=list(stub_out), source='def f(): return ...  # your code here'),
+                 dict(cell_type='code', id='chk', metadata={}, source='check(lambda: f(), 1)',
+                      outputs=said(_NO_ANSWER + '\n') if check_out is None else check_out),
+                 dict(cell_type='code', id='sol', metadata={}, outputs=said('correct\n'), source=f'{FOLD}\ncheck(f(), 1, strict=True)')]
+        p = tmp_path/'nb.ipynb'; p.write_text(json.dumps(dict(cells=cells)))
+        return ' '.join(unanswered_problems(p))
+    assert nb() == ''
+    assert 'stub stub' in nb(stub_out=said('[10, 10, 13, 10, 16]\n'))
+    assert "['correct']" in nb(check_out=said('correct\n'))
+    assert 'not yet' in nb(check_out=said('not yet: ==: [Ellipsis] [2, 4, 4, 5]\n'))
+    assert 'chk' in nb(check_out=[dict(output_type='error', ename='NameError', evalue='f', traceback=[])])
+    assert 're-run' in nb(check_out=[])

@@ -7,9 +7,11 @@ import pytest
 from conftest import REPO as root
 lessons = [root/'nbs'/'tour.ipynb'] + sorted((root/'nbs').glob('[0-9A-Z][0-9]*_*.ipynb'))   # the tour first, as a learner
 
-def _version():
+def _settings():
     ini = configparser.ConfigParser(); ini.read(root/'settings.ini')
-    return ini['DEFAULT']['version']
+    return ini['DEFAULT']
+
+def _version(): return _settings()['version']
 
 def _code(nb):
     return [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
@@ -26,9 +28,20 @@ def test_colab_cell_pins_settings_version(nb):
     i, cell = pins[0]
     versions = re.findall(r'unet_tutorial==([\w.+-]+)', cell)
     assert versions == [_version()], f"{nb.name}: installs {versions or 'an unpinned unet_tutorial'}, settings.ini has {_version()}"
+    # PyPI lacks a version until it is released: the same line falls back to the repository's tag of that version
+    tags = re.findall(r'\|\| pip install -q git\+(\S+)@v([\w.+-]+)', cell)
+    assert tags == [(_settings()['git_url'], _version())], \
+        f"{nb.name}: the fallback installs {tags}, settings.ini has {_settings()['git_url']} at v{_version()}"
     assert "if 'google.colab' in sys.modules:" in cell, f"{nb.name}: the install must run in Colab only"
     assert not cell.startswith('#| hide'), f"{nb.name}: the Colab cell must be visible"
     assert i < 3, f"{nb.name}: the Colab cell must come first (it is code cell {i})"
+
+def test_one_version_everywhere():
+    "settings.ini's version is the package's `__version__` and the CHANGELOG's newest heading (what the Colab cells pin)."
+    init = re.search(r'__version__ = "(.+)"', (root/'unet_tutorial'/'__init__.py').read_text())[1]
+    assert init == _version(), f"unet_tutorial/__init__.py says {init}, settings.ini {_version()}: run nbdev_export"
+    newest = re.search(r'^## (\S+)', (root/'CHANGELOG.md').read_text(), re.M)[1]
+    assert newest == _version(), f"CHANGELOG.md's newest version is {newest}, settings.ini's {_version()}"
 
 @pytest.mark.parametrize('nb', lessons, ids=lambda p: p.name)
 def test_no_dev_only_imports(nb):

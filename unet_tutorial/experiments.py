@@ -163,6 +163,8 @@ def _checked_runs(cfg:RunConfig, experiments, seeds, device) -> tuple: # `run_co
     return exps, seeds, device
 
 # %% ../nbs/12_experiments.ipynb #cba16247
+def _epochs(n:int) -> str: return f"{n} epoch{'s' * (n != 1)}"   # "1 epoch", "12 epochs": what the log says
+
 def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iiit-pet/...`)
                    out, # output folder: `OUT/<name>/seed<k>/` per run (and the report `write_results` adds)
                    cfg:RunConfig=GPU, # the settings every run shares (its `experiment` and `seed` are replaced)
@@ -183,9 +185,9 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
     for i, (seed, exp) in enumerate(todo):
         run = cfg.replace(experiment=exp.key, seed=seed)
         run_dir, what = Path(out)/exp.name/f"seed{seed}", f"[{i + 1}/{len(todo)}] {exp.label}, seed {seed}"
-        if not finished(run_dir, cfg.epochs): log(f"{what}: {cfg.epochs} epochs on {dls.train.n} images ({device})")
+        if not finished(run_dir, cfg.epochs): log(f"{what}: {_epochs(cfg.epochs)} on {dls.train.n} images ({device})")
         records.append(train_one(run, dls, run_dir, progress, device=device))
         log(f"{what}: test IoU {records[-1]['test']['iou']:.3f}, pixel accuracy "
-            f"{records[-1]['test']['pixel_accuracy']:.2%}, {records[-1]['epochs']} epochs")
+            f"{records[-1]['test']['pixel_accuracy']:.2%}, {_epochs(records[-1]['epochs'])}")
     settings.update(seeds=seeds, experiments=[e.key for e in exps])
     return Comparison(records, dls, Path(out), settings)
