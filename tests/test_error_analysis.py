@@ -122,3 +122,14 @@ def test_verdicts_quote_no_speed_and_the_table_says_why(cmp):
     rows = summarize(cmp.records)
     assert 'images/s' not in analysis(rows) and 'speed' not in analysis(rows)
     assert results_table(rows).endswith(CLOCKS)
+
+
+def test_the_verdicts_name_degenerate_runs(cmp):
+    "The analysis calls degenerate exactly the experiments with a seed whose model predicts one class everywhere."
+    rows = summarize(cmp.records)
+    flagged = {r['experiment'] for r in cmp.records if one_class(r['test'])}
+    text = analysis(rows)
+    assert ('**Degenerate runs**' in text) == bool(flagged)
+    assert all((f"experiment {k} (seed" in text) == (k in flagged) for k in (1, 2, 3, 4))
+    forced = [{**r, 'test': {**r['test'], 'predicted_pet': 0.0}} for r in cmp.records]
+    assert 'experiment 1 (seed 0), experiment 2 (seed 0), experiment 3 (seed 0), experiment 4 (seed 0) predict' in analysis(summarize(forced))

@@ -18,6 +18,7 @@ from fastcore.imports import in_notebook
 
 from .checkpoints import atomic_save
 from .data import denormalize, normalize
+from .experiments import one_class
 from .losses import per_image_iou
 from .stats import welch, paired_bootstrap
 
@@ -44,6 +45,7 @@ def summarize(records): # run records as returned by `train_one`
                    epochs=rs[0]['epochs'], params=rs[0]['params'])
         row.update({k: _mean_std([r['test'][k] for r in rs]) for k in METRICS})
         row['iou_seeds'] = [r['test']['iou'] for r in rs]
+        row['degenerate'] = [r['seed'] for r in rs if one_class(r['test'])]   # seeds whose model predicts one class everywhere
         row['best_valid_loss'] = _mean_std([r['valid']['best_loss'] for r in rs])
         row.update({k: _mean_std([r['timing'][k] for r in rs]) for k in ('train_s', 'images_per_s')})
         rows.append(row)
@@ -118,6 +120,9 @@ def analysis(rows, # rows from `summarize`
     ranked = sorted(rows, key=lambda r: -r['iou'][0])
     by_key, out = {r['experiment']: r for r in rows}, ["Ranked by test IoU: " + ", ".join(
         f"experiment {r['experiment']} ({r['iou'][0]:.3f})" for r in ranked) + "."]
+    if bad := [f"experiment {r['experiment']} (seed{'s' * (len(r['degenerate']) > 1)} {', '.join(map(str, r['degenerate']))})" for r in rows if r['degenerate']]:
+        out.append(f"**Degenerate runs**: {', '.join(bad)} predict one class on (nearly) every test pixel, so their IoU is the "
+                   "share of pet pixels (pet everywhere) or 0, not a measure of the design: train longer before comparing.")
     for title, ka, kb, note in PAIRS:
         if ka not in by_key or kb not in by_key: continue
         a, b = by_key[ka], by_key[kb]
