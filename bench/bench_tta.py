@@ -49,7 +49,7 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None, help='PyTorch CPU threads (default: one per core)')
     p.add_argument('--experiment', type=int, default=1)
     for k in ('epochs', 'size', 'width', 'batch_size', 'limit', 'seed'):
-        p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=int, default=None, help=f"default: the CPU preset's")
+        p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=int, default=None, help="default: the CPU preset's")
     for k in ('lr', 'progressive'):
         p.add_argument(f'--{k}', type=float, default=None, help="default: the CPU preset's")
     a = p.parse_args(argv)
