@@ -4,15 +4,19 @@
 
 # %% ../nbs/08_callbacks.ipynb #762ab801
 from __future__ import annotations
-import copy, json, math, signal, sys, threading, warnings
+import copy, json, math, signal, sys, threading, time, warnings
 from contextlib import contextmanager
+from itertools import chain, repeat
 from pathlib import Path
+import torch, torch.nn.functional as F
 from fastcore.basics import patch
 from fastcore.imports import in_notebook
 from fastprogress.fastprogress import master_bar, progress_bar
 
 # %% auto #0
-__all__ = ['EVENTS', 'Callback', 'ProgressCB', 'plot_history', 'LRFinder', 'signals_to']
+__all__ = ['EVENTS', 'PYTORCH_THREADS', 'Callback', 'ProgressCB', 'plot_history', 'LRFinder', 'signals_to', 'halve',
+           'schedule_pct', 'trial', 'step_seconds', 'choose_threads', 'ThreadChoice', 'budget_seconds', 'plan_epochs',
+           'TimeBudget', 'default_cbs']
 
 # %% ../nbs/08_callbacks.ipynb #31ceef46
 EVENTS = ('before_fit', 'before_epoch', 'after_batch', 'after_epoch', 'after_fit')
@@ -129,3 +133,166 @@ def signals_to(handler, # called as `handler(signum, frame)`, as `signal.signal`
     try: yield
     finally:
         for s, h in old.items(): signal.signal(s, h)
+
+# %% ../nbs/08_callbacks.ipynb #ee3ac767
+def halve(x, y): # a batch: images (B, 3, H, W) and masks (B, 1, H, W)
+    "The batch at half the size, as progressive resizing trains it: images area-averaged, masks by nearest neighbour (labels kept)."
+    return F.avg_pool2d(x, 2), y[..., ::2, ::2]
+
+def schedule_pct(step:int, # steps done
+                 total:int, # the run's steps in all
+                 start=None): # (step, pct): where a re-planned run's schedule went on from; None: (0, 0)
+    "How far through its schedule a run is: `step / total`, or from `start` on, the rest of the way to 1 (a re-planned budget)."
+    s0, p0 = start or (0, 0.)
+    return p0 + (1 - p0) * (step - s0) / (total - s0) if total > s0 else 1.
+
+# %% ../nbs/08_callbacks.ipynb #3afe75bd
+@contextmanager
+def trial(t): # a trainer (lesson 10), or anything with `state_dict` and `load_state_dict`
+    "Inside the block, training steps are a trial: the trainer's whole state (weights, optimiser, step, random state) is given back after."
+    saved = copy.deepcopy(t.state_dict())
+    try: yield
+    finally: t.load_state_dict(saved)
+
+def step_seconds(t, # a trainer
+                 batches, # an iterator of its training batches, e.g. `chain.from_iterable(repeat(t.dls.train))`
+                 clock=time.perf_counter, # the clock
+                 half:bool=False) -> float: # train on the batch at half the size (`halve`)
+    "Seconds of one real training step of `t`, reading its batch included; the device is waited for (`float` of the loss)."
+    t0 = clock(); x, y = next(batches)
+    float(t.train_step(*(halve(x, y) if half else (x, y))))
+    return clock() - t0
+
+# %% ../nbs/08_callbacks.ipynb #fd89a4eb
+PYTORCH_THREADS = torch.get_num_threads()   # the count PyTorch chose for this process (read when this module is first imported)
+
+def choose_threads(cost, # cost(n): the seconds of one real step with n threads
+                   counts=(1, PYTORCH_THREADS), # the counts to try
+                   steps:int=2, # steps timed with each count, the counts alternating
+                   clear:float=4.) -> tuple: # a count this many times slower than the best after a round is timed no more
+    "The count whose steps took least on average, and {count: mean seconds a step}; alternating, a neighbour's burst hits the counts alike."
+    times = {n: [] for n in dict.fromkeys(counts)}; live = set(times)
+    for _ in range(steps):
+        for n in times:
+            if n in live: times[n].append(cost(n))
+        mean = {n: sum(v) / len(v) for n, v in times.items()}
+        live = {n for n in live if mean[n] <= clear * min(mean.values())}   # clearly slower: no more of its (slow) steps
+    return min(mean, key=mean.get), mean
+
+# %% ../nbs/08_callbacks.ipynb #16a48d0e
+class ThreadChoice(Callback):
+    "A CPU run's thread count: `threads` if given; a count set with `torch.set_num_threads` is kept; else the faster of 1 and PyTorch's, timed."
+    order = -30   # first: a `TimeBudget` times its steps with the count chosen here
+    def __init__(self, threads:int|None=None, # a fixed count; None: choose, unless a count was set
+                 steps:int=2,                 # steps timed with each count (alternating; a far slower one once), after a warm-up
+                 keep:bool=False,             # keep the current count (deterministic runs: a timing could pick another)
+                 clock=time.perf_counter):    # the clock (tests pass a fake one)
+        self.threads, self.steps, self.keep, self.clock = threads, steps, keep, clock
+    def before_fit(self, t):
+        self.old = torch.get_num_threads()
+        if t.thread_choice is None: t.thread_choice = self.choose(t)   # once a trainer: a second `fit` keeps it
+        torch.set_num_threads(t.thread_choice['threads'])
+    def after_fit(self, t): torch.set_num_threads(self.old)
+    def choose(self, t) -> dict:
+        "The count, how it was found ('given', 'kept' or 'timed') and, timed, each count's seconds a step."
+        now = torch.get_num_threads()
+        if self.threads: return dict(threads=self.threads, how='given')
+        if self.keep or now == 1 or now != PYTORCH_THREADS: return dict(threads=now, how='kept')
+        t0, batches = self.clock(), chain.from_iterable(repeat(t.dls.train))
+        with trial(t):
+            torch.set_num_threads(1); t.model.train(); step_seconds(t, batches, self.clock)   # a warm-up step (1 thread: cheap when busy)
+            def cost(n): torch.set_num_threads(n); return step_seconds(t, batches, self.clock)
+            best, secs = choose_threads(cost, (1, now), self.steps)
+        print(f"threads: {best} ({secs[best]:.3g} s a step vs " +
+              ', '.join(f'{s:.3g} s with {n}' for n, s in secs.items() if n != best) + ')', flush=True)
+        return dict(threads=best, how='timed', step_s=secs, spent_s=self.clock() - t0)
+
+# %% ../nbs/08_callbacks.ipynb #a4bfdf33
+def budget_seconds(epochs:int, # the run's epochs in all
+                   step:float, valid:float, batches:int, # seconds of a step and of a validation pass; steps an epoch
+                   half:float|None=None, progressive:float=0., # seconds of a half-size step (None: `step`); its share
+                   done:int=0) -> float: # epochs done already, not counted
+    "Seconds that epochs `done` to `epochs - 1` of a run of `epochs` take: each its steps and one validation pass."
+    halves = min(max(round(progressive * epochs) - done, 0), epochs - done)   # the first round(progressive * epochs) are halved
+    return halves * batches * (step if half is None else half) + (epochs - done - halves) * batches * step + (epochs - done) * valid
+
+def plan_epochs(seconds:float, # the time left for the epochs
+                step:float, valid:float, batches:int, half:float|None=None, progressive:float=0., done:int=0,
+                most:int=100_000) -> int: # the longest plan considered
+    "The most epochs in all (at least `done + 1`) whose epochs from `done` on fit in `seconds` (`budget_seconds`)."
+    if not step > 0 or not valid >= 0 or (half is not None and not half > 0):
+        raise ValueError(f'plan_epochs: a step must take some time (step {step!r}, half {half!r}, validation {valid!r} s)')
+    e = done + 1
+    while e < most and budget_seconds(e + 1, step, valid, batches, half, progressive, done) <= seconds: e += 1
+    return e
+
+# %% ../nbs/08_callbacks.ipynb #5f1fed8d
+class TimeBudget(Callback):
+    "Fit a run to `minutes`: time a few real steps (a `trial`), set the epochs so the schedule ends on time, re-plan once after the first epoch."
+    order = -20   # after `ThreadChoice`, before the progress display (which shows the epochs planned)
+    def __init__(self, minutes:float, # the budget, for training and validation
+                 steps:int=2,         # steps timed at each size, after a warm-up step
+                 clock=time.perf_counter): # the clock (tests pass a fake one)
+        self.minutes, self.steps, self.clock = minutes, steps, clock
+    def before_fit(self, t):
+        self.replan, t0 = False, self.clock()
+        if t.plan is not None: return print(f"time budget {self.minutes:g} min: resumed, {t.plan['epochs']} epochs as planned")
+        cost, nb, p = self.measure(t), len(t.dls.train), t.cfg.progressive
+        spent = self.clock() - t0 + (t.thread_choice or {}).get('spent_s', 0)   # the trial's time, and the thread choice's
+        e = plan_epochs(self.minutes * 60 - spent, batches=nb, progressive=p, done=t.epoch, **cost)
+        planned = (spent + budget_seconds(e, batches=nb, progressive=p, done=t.epoch, **cost)) / 60
+        t.plan = dict(minutes=self.minutes, epochs=e, planned_minutes=planned, first_plan=dict(epochs=e, minutes=planned),
+                      cost=cost, measure_s=spent, start=None)   # start: where a re-planned schedule went on from
+        t.epochs, t.total_steps, self.replan, self.t_train = e, e * nb, e >= 3 * (t.epoch + 1), self.clock()
+        half = f", {cost['half']:.3g} s at half size" if 'half' in cost else ''
+        print(f"time budget {self.minutes:g} min: {cost['step']:.3g} s a step{half}, {cost['valid']:.3g} s a validation pass "
+              f"-> {e} epochs planned ({planned:.2f} min)", flush=True)
+    def before_epoch(self, t): self.t_epoch = self.clock()
+    def after_fit(self, t):
+        if t.plan is None: return
+        t.plan['actual_minutes'] = (t.plan['measure_s'] + sum(h['seconds'] for h in t.history)) / 60   # training + validation
+        print(f"time budget {self.minutes:g} min: {t.plan['actual_minutes']:.2f} min used ({t.plan['planned_minutes']:.2f} planned), "
+              f"{t.epoch} of {t.epochs} epochs", flush=True)
+
+# %% ../nbs/08_callbacks.ipynb #9273dbd9
+@patch
+def measure(self:TimeBudget, t) -> dict:
+    "Seconds of a training step at each size the run trains at (`half` with progressive resizing) and of a validation pass, in a `trial`."
+    batches, n = chain.from_iterable(repeat(t.dls.train)), self.steps
+    def mean_step(half):
+        step_seconds(t, batches, self.clock, half)   # a warm-up step, untimed: a new size builds new kernels
+        return sum(step_seconds(t, batches, self.clock, half) for _ in range(n)) / n
+    with trial(t):
+        t.model.train(); cost = dict(step=mean_step(False), **dict(half=mean_step(True)) if t.cfg.progressive else {})
+        v = [next(iter(t.dls.valid))]; t.evaluate(v)   # a warm-up of the validation pass, then one batch timed
+        t0 = self.clock(); t.evaluate(v); cost['valid'] = (self.clock() - t0) * len(t.dls.valid)
+    return cost
+
+@patch
+def after_epoch(self:TimeBudget, t):
+    "Once, after the first epoch (while it is at most a third of the plan): re-plan with the costs scaled by the epoch's measured time."
+    if not self.replan: return
+    self.replan, p, nb, prog = False, t.plan, len(t.dls.train), t.cfg.progressive
+    def left(e, done, cost): return budget_seconds(e, batches=nb, progressive=prog, done=done, **cost)   # seconds of epochs done..e-1
+    took, guess = self.clock() - self.t_epoch, left(p['epochs'], t.epoch - 1, p['cost']) - left(p['epochs'], t.epoch, p['cost'])
+    spent, scaled = p['measure_s'] + self.clock() - self.t_train, {k: v * took / guess for k, v in p['cost'].items()}
+    e = plan_epochs(self.minutes * 60 - spent, batches=nb, progressive=prog, done=t.epoch, **scaled)
+    p['planned_minutes'] = (spent + left(e, t.epoch, scaled)) / 60   # the better estimate, whether or not the plan changes
+    if e == p['epochs']: return
+    print(f"time budget: epoch {t.epoch} took {took:.3g} s ({guess:.3g} s planned) -> {e} epochs in all, not {p['epochs']}", flush=True)
+    p.update(start=[t.step, schedule_pct(t.step, t.total_steps, p['start'])], epochs=e)   # the rate goes on from where it is
+    t.epochs, t.total_steps = e, e * nb
+    if t.out_dir is not None: t.save('last')   # this epoch's checkpoint again, with the new plan: a resume keeps it
+
+# %% ../nbs/08_callbacks.ipynb #1e3d83a5
+def default_cbs(cbs, # the trainer's `cbs`: None for a `ProgressCB`, () for none
+                cfg, # the run's `RunConfig`: a `TimeBudget` when its `minutes` is set
+                device, # the run's device: a `ThreadChoice` on a CPU
+                threads:int|None=None, # the trainer's `threads`: a fixed count
+                deterministic:bool=False) -> list: # the trainer's `deterministic`: the count is kept, never timed
+    "The trainer's callbacks in their order: `cbs`, with a `ThreadChoice` (on a CPU) and a `TimeBudget` (`cfg.minutes`) unless `cbs` has one."
+    cbs = [ProgressCB()] if cbs is None else list(cbs)
+    if torch.device(device).type == 'cpu' and not any(isinstance(c, ThreadChoice) for c in cbs):
+        cbs.append(ThreadChoice(threads, keep=deterministic))
+    if cfg.minutes and not any(isinstance(c, TimeBudget) for c in cbs): cbs.append(TimeBudget(cfg.minutes))
+    return sorted(cbs, key=lambda c: getattr(c, 'order', 0))

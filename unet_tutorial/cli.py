@@ -15,7 +15,7 @@ from fastcore.script import Param
 from .data import find_pets, get_pets
 from .synthetic import make_synthetic_pets
 from .model import EXPERIMENTS, ConfigError, check_trainable, get_experiment
-from .config import QUICK, RunConfig, data_fingerprint, settings_of
+from .config import QUICK, RunConfig, data_fingerprint, run_length, settings_of
 from .core import BadInput, get_device
 from .checkpoints import check_writable, load_model, read_checkpoint
 from .experiments import Comparison, finished, lock_folder, run_comparison, train_one
@@ -74,7 +74,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
             experiments:str='1,2,3,4', # experiments to run, keys or names, comma-separated (e.g. 1,3)
             seeds:str='0', # seeds, comma-separated: one run per experiment and seed (e.g. 0,1,2)
             keep_bad_trimaps:bool=False, # keep the failed annotations (empty trimaps) that are left out by default
-            threads:int=None, # CPU threads for PyTorch (default: PyTorch's choice; 1 with --quick)
+            threads:int=None, # CPU threads for PyTorch (default: the faster of 1 and PyTorch's count, timed on a few steps; 1 with --quick)
             out:str='runs/compare', # output folder; the same command again skips finished runs, resumes the rest
             **settings): # `RunConfig` fields, those of `COMPARE_FIELDS` (epochs, size, batch_size, ...); left out: the preset's
     "Train and compare U-Net experiments on Oxford-IIIT Pet; write OUT/results.json, OUT/results.md and figures."
@@ -85,7 +85,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
     if threads or quick: torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
     check_out(out)                 # a folder of the user's files: refused before anything is written there
     check_writable(out, '--out')   # before anything is written there (the synthetic data of --quick, say)
-    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds, device=dev); write_results(cmp)
+    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds, device=dev, threads=threads); write_results(cmp)
     finally: torch.set_num_threads(old)
     print(results_table(summarize(cmp.records)), f"\nResults, table and figures in {out}/", sep='\n')
     return cmp
@@ -249,7 +249,7 @@ def train(data:str=None, # your data: a folder with images/ and masks/ (named al
           ignore:str=None, # a mask value left out of training and scoring (e.g. 128 for an "unsure" band)
           foreground:str=None, # the mask value of the objects, e.g. 0 or '#ff0000' (default: the larger of the two; for colours, the one that is not grey)
           no_augment:bool=False, # train without the random flips and zooms
-          threads:int=None, # CPU threads for PyTorch (default: PyTorch's choice; 1 with --preset quick)
+          threads:int=None, # CPU threads for PyTorch (default: the faster of 1 and PyTorch's count, timed on a few steps; 1 with --preset quick)
           **settings): # `RunConfig` fields, those of `TRAIN_FIELDS` (epochs, size, depth, seed, ...); left out: the preset's
     "Train a U-Net on your own images and masks; write the model, its curves and a report to OUT, and say how to use it."
     dev = device_option(settings.get('device'))
@@ -258,14 +258,14 @@ def train(data:str=None, # your data: a folder with images/ and masks/ (named al
     check_out(out)   # a folder of the user's files: refused before anything is written there
     out, old = check_writable(Path(out), '--out'), torch.get_num_threads()
     if threads or str(preset).lower() == 'quick': torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
-    try: rec, run_dir, dls = _train_folder(cfg, exp, data, out, dev, init, valid_pct=valid_pct, test_pct=test_pct,
+    try: rec, run_dir, dls = _train_folder(cfg, exp, data, out, dev, init, threads, valid_pct=valid_pct, test_pct=test_pct,
                                            seed=split_seed, ignore=ignore, foreground=foreground)
     finally: torch.set_num_threads(old)
     print(_how_to_use(run_dir/'best.pt', rec, dls, out))
     return rec
 
 # %% ../nbs/A2_cli.ipynb #941e02e8
-def _train_folder(cfg, exp, data, out:Path, dev, init, **split):
+def _train_folder(cfg, exp, data, out:Path, dev, init, threads=None, **split):
     "Read and check the folder, lock `out` to these settings, train (or resume, or skip) the run and write the report."
     dls = folder_dls(data, cfg.batch_size, dev, cfg.augment, size=cfg.size, depth=cfg.depth, **split)
     _check_batches(cfg, dls.train.n)   # before `out` is locked to these settings
@@ -276,8 +276,8 @@ def _train_folder(cfg, exp, data, out:Path, dev, init, **split):
     run_dir = out/exp.name/f"seed{cfg.seed}"
     what = f"{exp.label}, seed {cfg.seed}{', fine-tuned from the reference model' if init is not None else ''}"
     print(f"{what}: finished already" if finished(run_dir, cfg.epochs) else
-          f"{what}: {cfg.epochs} epochs on {dls.train.n} images ({dev})")
-    rec = train_one(cfg, dls, run_dir, init=init, device=dev)
+          f"{what}: {run_length(cfg)} on {dls.train.n} images ({dev})")
+    rec = train_one(cfg, dls, run_dir, init=init, device=dev, threads=threads)
     _write_report(out, dls, settings)
     return rec, run_dir, dls
 

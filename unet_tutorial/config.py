@@ -12,7 +12,8 @@ from .model import MAX_DEPTH, MAX_WIDTH, ConfigError, check_size   # lesson 05: 
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'DATA_CHANGES', 'RunConfig',
-           'sched_factor', 'preset', 'to_json', 'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
+           'n_epochs', 'run_length', 'sched_factor', 'preset', 'to_json', 'shared_fields', 'data_fingerprint',
+           'settings_of', 'check_same']
 
 # %% ../nbs/07_config.ipynb #ff002fcb
 SCHEDULES = (None, 'cosine', 'onecycle')     # learning-rate schedules of the trainer (lesson 10)
@@ -30,6 +31,7 @@ class RunConfig:
     depth: int = 4                # number of halvings (the size must divide by 2**depth)
     batch_size: int = 32          # images per training step
     epochs: int = 15              # passes over the training images
+    minutes: float|None = None    # a time budget for the run in minutes: the trainer sets the epochs so the schedule ends on time; None: `epochs`
     lr: float = 1e-3              # Adam's learning rate (the peak, with a schedule)
     schedule: str|None = None     # learning-rate schedule: None (constant), 'cosine' or 'onecycle'
     amp: str = 'auto'             # mixed precision: 'auto', 'bf16', 'fp16' or 'off'
@@ -51,7 +53,7 @@ class RunConfig:
 
 # %% ../nbs/07_config.ipynb #61adeaed
 def _check_sizes(c:RunConfig):
-    "Check the integer fields, the model's width and depth, the size (lesson 05's `check_size`) and the learning rate of `c`."
+    "Check the integer fields, the model's width and depth, the size (lesson 05's `check_size`) the learning rate and the time budget of `c`."
     for k, lo in (('size', 16), ('width', 1), ('depth', 1), ('batch_size', 1), ('epochs', 1)):
         v = getattr(c, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -61,6 +63,9 @@ def _check_sizes(c:RunConfig):
             raise ConfigError(k, f'must be at most {hi} (got {getattr(c, k)}); the presets use widths of 8 to 64 and a depth of 4')
     check_size(c.size, c.depth)   # lesson 05's one rule: a multiple of 2**depth
     if not c.lr > 0: raise ConfigError('lr', f'must be positive (got {c.lr!r})')
+    m = c.minutes   # a time budget (lesson 08's `TimeBudget`): a positive, finite number of minutes
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < math.inf):
+        raise ConfigError('minutes', f'must be a positive number of minutes, e.g. 10 (got {m!r}); leave it out to train `epochs` epochs')
 
 # %% ../nbs/07_config.ipynb #6bbd79ed
 def _check_choices(c:RunConfig):
@@ -82,6 +87,13 @@ def _check_choices(c:RunConfig):
         raise ConfigError('drop_bad_trimaps', f'must be True or False (got {c.drop_bad_trimaps!r})')
     if not 0 <= c.seed < 2**32:   # NumPy's limit (`set_seed` seeds NumPy too)
         raise ConfigError('seed', f'must be from 0 to {2**32 - 1} (2**32 - 1) (got {c.seed})')
+
+# %% ../nbs/07_config.ipynb #85345d5b
+def n_epochs(n:int) -> str: return f"{n} epoch{'s' * (n != 1)}"   # '1 epoch', '12 epochs'
+
+def run_length(cfg:RunConfig) -> str:
+    "How long the run `cfg` trains, in words: '12 epochs', or 'a time budget of 10 min' (its epochs planned by the trainer)."
+    return f'a time budget of {cfg.minutes:g} min' if cfg.minutes else n_epochs(cfg.epochs)
 
 # %% ../nbs/07_config.ipynb #57a97c34
 def _cos(start, end, pct): return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
@@ -164,7 +176,8 @@ def check_same(old:dict, # a folder's saved settings (`settings_of`), or the fla
         flat = {k: old[k] for k in ('size', 'width', 'depth', 'batch_size', 'limit', 'lr', 'epochs') if k in old}
         old = dict(config={**shared_fields(RunConfig()), **ADDED_FIELDS, **flat})
     defaults = {**shared_fields(RunConfig()), **ADDED_FIELDS}   # a field added later: the value older folders used
-    free = {'epochs'} if new['config'].get('schedule') is None else set()   # a constant-lr run may be extended
+    free = {'epochs'} if new['config'].get('schedule') is None or new['config'].get('minutes') else set()   # a constant-lr run may
+    # be extended; with a time budget the trainer plans the epochs, whatever `epochs` says (the budget itself is locked)
     diff = [f"{k}: {old['config'].get(k, defaults[k])!r} there, {v!r} now" for k, v in new['config'].items()
             if k not in free and old['config'].get(k, defaults[k]) != v]
     if old.get('data_fingerprint') not in (None, new['data_fingerprint']):

@@ -26,7 +26,7 @@ from .checkpoints import load_model
 from .losses import SegMetrics, get_loss, pos_weight_from_masks
 from .stats import t_ppf
 from .trainer import Trainer
-from .config import GPU, RunConfig, check_same, data_fingerprint, settings_of
+from .config import GPU, RunConfig, check_same, data_fingerprint, n_epochs, run_length, settings_of
 
 # %% ../nbs/12_experiments.ipynb #8a1188fa
 @torch.no_grad()
@@ -52,10 +52,10 @@ def one_class(test:dict, # a run's test metrics: `evaluate_model`'s, or a record
     return 'pet' if share >= 1 - tol else 'background'
 
 # %% ../nbs/12_experiments.ipynb #3b64a28d
-def _hardware(device):
+def _hardware(device, threads:int|None=None): # the run's device; the CPU threads it trained with (None: the current count)
     "A short description of the device, for the report."
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
-    return f"{device.type.upper()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads; {cpu_kind()})"
+    return f"{device.type.upper()} ({os.cpu_count()} cores, {threads or torch.get_num_threads()} threads; {cpu_kind()})"
 
 def _record(cfg, hist, model, test, best_ckpt, test_s, trainer, n_train):
     "The JSON record of a finished run: its configuration and the trainer's settings, test metrics, validation summary and timing."
@@ -67,15 +67,18 @@ def _record(cfg, hist, model, test, best_ckpt, test_s, trainer, n_train):
                            best_iou=max(h['iou'] for h in hist)),
                 timing=dict(train_s=sum(h['seconds'] for h in hist), test_s=test_s,  # train_s includes validation
                             images_per_s=mean(h['images_per_s'] for h in hist),  # training images per second
-                            hardware=_hardware(trainer.device), n_train=n_train,
+                            hardware=_hardware(trainer.device, (trainer.thread_choice or {}).get('threads')), n_train=n_train,
+                            threads=trainer.thread_choice, budget=trainer.plan,   # lesson 08: how the count was chosen; the time budget
                             precision=str(trainer.amp_dtype or torch.float32).replace('torch.', ''),
                             channels_last=trainer.channels_last))
 
 # %% ../nbs/12_experiments.ipynb #58c10046
-def finished(run_dir, epochs:int): # a run's folder; the epochs asked for
-    "The record of the run in `run_dir` if it finished with at least `epochs` epochs, else None."
+def finished(run_dir, epochs:int): # a run's folder; the epochs asked for (a run with a time budget: those it planned)
+    "The record of the run in `run_dir` if it finished with at least `epochs` epochs (those of its plan, with a time budget), else None."
     f = Path(run_dir)/'metrics.json'
-    if f.exists() and (rec := json.loads(f.read_text()))['epochs'] >= epochs: return rec
+    if not f.exists(): return None
+    rec = json.loads(f.read_text())
+    if rec['epochs'] >= ((rec.get('timing') or {}).get('budget') or {}).get('epochs', epochs): return rec
 
 # %% ../nbs/12_experiments.ipynb #4bc1a774
 def train_one(cfg:RunConfig, # the run: its experiment, seed and every training setting
@@ -83,7 +86,8 @@ def train_one(cfg:RunConfig, # the run: its experiment, seed and every training 
               run_dir, # this run's folder: checkpoints, history.json, metrics.json
               progress:bool=True, # show the trainer's progress bar and table of epochs
               init:dict=None, # weights to start from (fine-tuning, e.g. the reference model's `state_dict()`); None: random
-              device=None): # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
+              device=None, # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
+              threads:int|None=None): # CPU threads (the Trainer's `threads`); None: a count that was set, else timed
     "Train, resume or skip (when finished) one run; return its record."
     exp, run_dir = get_experiment(cfg.experiment), Path(run_dir)
     if rec := finished(run_dir, cfg.epochs): return rec
@@ -97,9 +101,9 @@ def train_one(cfg:RunConfig, # the run: its experiment, seed and every training 
     if init is not None: model.load_state_dict(init)   # a resumed run then loads its last.pt over these
     pos_weight = pos_weight_from_masks(dls.train_masks) if 'bce' in exp.loss else None
     trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, cfg, out_dir=run_dir,
-                      cbs=None if progress else (), device=device)
+                      cbs=None if progress else (), device=device, threads=threads)
     hist = trainer.fit(resume=True)
-    if len(hist) < cfg.epochs: raise KeyboardInterrupt  # stopped by SIGINT/SIGTERM: last.pt holds the finished epochs
+    if len(hist) < trainer.epochs: raise KeyboardInterrupt  # stopped by SIGINT/SIGTERM: last.pt holds the finished epochs
     best, ckpt = load_model(run_dir/'best.pt', trainer.device)
     t = time.perf_counter(); test, ious = evaluate_model(best, dls.test); test_s = time.perf_counter() - t
     rec = _record(cfg, hist, model, test, ckpt, test_s, trainer, dls.train.n)
@@ -196,8 +200,6 @@ def _checked_runs(cfg:RunConfig, experiments, seeds, device) -> tuple: # `run_co
     return exps, seeds, device
 
 # %% ../nbs/12_experiments.ipynb #cba16247
-def _epochs(n:int) -> str: return f"{n} epoch{'s' * (n != 1)}"   # "1 epoch", "12 epochs": what the log says
-
 def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iiit-pet/...`)
                    out, # output folder: `OUT/<name>/seed<k>/` per run (and the report `write_results` adds)
                    cfg:RunConfig=GPU, # the settings every run shares (its `experiment` and `seed` are replaced)
@@ -205,7 +207,8 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
                    seeds=(0,), # one run per experiment and seed
                    progress:bool=True, # show each run's progress bar and table of epochs
                    log=print, # one line per run goes here
-                   device=None): # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here, once
+                   device=None, # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here, once
+                   threads:int|None=None): # CPU threads for every run (the Trainer's `threads`); None: a count that was set, else timed
     "Train every experiment with every seed (skipping finished runs, resuming unfinished ones); their `Comparison`."
     exps, seeds, device = _checked_runs(cfg, experiments, seeds, device)
     try: root = check_pets_root(root)
@@ -218,10 +221,10 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
     for i, (seed, exp) in enumerate(todo):
         run = cfg.replace(experiment=exp.key, seed=seed)
         run_dir, what = Path(out)/exp.name/f"seed{seed}", f"[{i + 1}/{len(todo)}] {exp.label}, seed {seed}"
-        if not finished(run_dir, cfg.epochs): log(f"{what}: {_epochs(cfg.epochs)} on {dls.train.n} images ({device})")
-        records.append(train_one(run, dls, run_dir, progress, device=device))
+        if not finished(run_dir, cfg.epochs): log(f"{what}: {run_length(cfg)} on {dls.train.n} images ({device})")
+        records.append(train_one(run, dls, run_dir, progress, device=device, threads=threads))
         t, flag = records[-1]['test'], one_class(records[-1]['test'])
-        log(f"{what}: test IoU {t['iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.2%}, {_epochs(records[-1]['epochs'])}"
+        log(f"{what}: test IoU {t['iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.2%}, {n_epochs(records[-1]['epochs'])}"
             + (f"; DEGENERATE: it predicts {flag} everywhere, so its numbers are not a result" if flag else ''))
     settings.update(seeds=seeds, experiments=[e.key for e in exps])
     dropped = set(dls.dropped['test'])

@@ -59,8 +59,8 @@ def config_options(parser, # an `argparse.ArgumentParser`
         add_option(parser, k, type=t, default=None, help=(FIELD_DOCS[k] + (f' ({note})' if note else '')).replace('%', '%%'))
 
 # %% ../nbs/A1_options.ipynb #4553cfc1
-COMPARE_FIELDS = ('epochs', 'size', 'width', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'limit', 'device')   # `RunConfig` fields that are options of unet-compare
-TRAIN_FIELDS = ('epochs', 'size', 'width', 'depth', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'seed', 'device')   # ... and of unet-train
+COMPARE_FIELDS = ('epochs', 'minutes', 'size', 'width', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'limit', 'device')   # `RunConfig` fields that are options of unet-compare
+TRAIN_FIELDS = ('epochs', 'minutes', 'size', 'width', 'depth', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'seed', 'device')   # ... and of unet-train
 SEED_MAX = 2**32 - 1   # NumPy's largest seed
 
 # %% ../nbs/A1_options.ipynb #e2dc901a
@@ -82,7 +82,7 @@ def preset_option(name:str, # the --preset option (None: gpu on a GPU, else cpu)
     try: return get_preset(name or ('gpu' if dev.type == 'cuda' else 'cpu'))
     except ValueError as e: raise BadInput(f"--preset: {e}") from None
 
-def check_threads(threads:int): # the --threads option (None: PyTorch's choice)
+def check_threads(threads:int): # the --threads option (None: the trainer times 1 and PyTorch's count, lesson 08)
     "Refuse a --threads below 1."
     if threads is not None and threads < 1: raise BadInput(f"--threads must be at least 1 (got {threads})")
 

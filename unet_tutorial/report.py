@@ -256,11 +256,12 @@ def describe(cmp): # a `Comparison`
     prec = sorted({r['timing'].get('precision', '?') for r in rs})
     sched = f"{c['schedule']} schedule peaking at" if c['schedule'] else 'constant'
     limit = '' if c['limit'] is None else f" (limit {c['limit']})"
+    budget = f" (planned for a time budget of {c['minutes']:g} min)" if c.get('minutes') else ''   # absent: older runs
     trimaps = ('failed annotations (empty trimaps) left out' if c.get('drop_bad_trimaps', False)   # absent: older runs
                else 'every trimap kept, failed annotations included')
     return (f"Data: {s['data']}, {c['size']}×{c['size']} pixels, U-Net width {c['width']} and depth "
             f"{c['depth']}, batch {c['batch_size']}, Adam with a {sched} lr {c['lr']:g}, "
-            f"{'/'.join(map(str, epochs))} epochs, seeds {s['seeds']}, {rs[0]['timing']['n_train']} training images{limit}, "
+            f"{'/'.join(map(str, epochs))} epochs{budget}, seeds {s['seeds']}, {rs[0]['timing']['n_train']} training images{limit}, "
             f"{'/'.join(prec)} on {', '.join(hw)}; the border counted as {c['border']}, {trimaps}; "
             "metrics on the official test split.")
 

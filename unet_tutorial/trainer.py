@@ -8,7 +8,7 @@ import math, signal, time
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 from fastcore.basics import patch, store_attr
 
 from .core import BadInput, loader_generator, seed_loader, amp_policy, get_device, get_rng_state, set_rng_state, set_seed
@@ -16,7 +16,7 @@ from .checkpoints import atomic_save, check_run_settings, clean_tmp, read_checkp
 from .loaders import limit_train
 from .losses import SegMetrics
 from .config import RunConfig, sched_factor
-from .callbacks import ProgressCB, signals_to
+from .callbacks import default_cbs, halve, schedule_pct, signals_to
 
 # %% auto #0
 __all__ = ['Trainer']
@@ -35,20 +35,20 @@ class Trainer:
                  clip:float|None=None,  # clip the gradients' global norm to this; None: no clipping
                  compile:bool=False,    # run the model through `torch.compile`
                  deterministic:bool=False, # deterministic kernels, for bit-exact repeats (slower on a GPU)
-                 cbs=None,              # `Callback`s; None: a `ProgressCB`; () for none
+                 cbs=None,              # `Callback`s; None: a `ProgressCB`; () for none (lesson 08's `default_cbs` adds two)
+                 threads:int|None=None, # CPU threads; None: a count set with `torch.set_num_threads` is kept, else timed (`ThreadChoice`)
                  device=None):          # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
         self.cfg = cfg = RunConfig() if cfg is None else cfg
         store_attr('model,loss_fn,clip,monitor,deterministic')
         self.dls = dls = limit_train(dls, cfg.limit)   # a run's `limit` counts training images, whoever built the loaders
         if monitor not in _MONITORS: raise ValueError(f'monitor={monitor!r}: use one of {_MONITORS}')
         set_seed(cfg.seed, deterministic); seed_loader(dls.train, cfg.seed)
-        scaled = self._place(device)   # the device, the AMP policy, the memory format; the model moved there
+        self._make_optimizer(self._place(device))   # the device, AMP policy and memory format (the model moved); Adam, GradScaler
         self.fwd = torch.compile(self.model) if compile else self.model
-        self._make_optimizer(scaled)   # Adam and the GradScaler
         self.metrics, self.out_dir = SegMetrics(), None if out_dir is None else Path(out_dir)
-        self.cbs = sorted([ProgressCB()] if cbs is None else list(cbs), key=lambda c: getattr(c, 'order', 0))
-        self.epoch, self.step, self.history, self.best = 0, 0, [], None  # the run's state, saved in checkpoints
-        self.wrote = False  # whether this trainer has written to out_dir (fit refuses to overwrite another run)
+        self.cbs = default_cbs(cbs, cfg, self.device, threads, deterministic)   # with a ThreadChoice, a TimeBudget (lesson 08)
+        self.epoch, self.step, self.history, self.best, self.plan = 0, 0, [], None, None  # the run's state, saved in checkpoints
+        self.wrote, self.thread_choice = False, None  # whether it wrote to out_dir (fit refuses another run's); `ThreadChoice`'s
         self.schedule_lr = True  # set the rate from `cfg`'s schedule before each step; False: a callback sets it (`LRFinder`)
         self.epochs = self.total_steps = self.stop_requested = self.stopped = self.size = None  # set by `fit`
         self.batch = self.loss = self.recent_loss = None  # the current batch, for callbacks
@@ -108,7 +108,7 @@ def train_step(self:Trainer, x, y):
 @patch
 def _set_lr(self:Trainer):
     "Set the learning rate the schedule gives for the current step."
-    pct = self.step / self.total_steps if self.total_steps else 0.
+    pct = schedule_pct(self.step, self.total_steps, (self.plan or {}).get('start')) if self.total_steps else 0.   # lesson 08
     for g in self.opt.param_groups: g['lr'] = self.cfg.lr * sched_factor(self.cfg.schedule, pct)
 
 # %% ../nbs/10_trainer.ipynb #6cabd5c4
@@ -151,7 +151,7 @@ def train_epoch(self:Trainer):
     for i, (x, y) in enumerate(dl):
         if self.schedule_lr: self._set_lr()
         self.batch = i
-        if self.epoch < round(self.cfg.progressive * (self.epochs or self.cfg.epochs)): x, y = F.avg_pool2d(x, 2), y[..., ::2, ::2]
+        if self.epoch < round(self.cfg.progressive * (self.epochs or self.cfg.epochs)): x, y = halve(x, y)
         self.loss = losses[i] = self.train_step(x, y); sizes[i], self.size = len(x), x.shape[-1]
         if time.perf_counter() - t_read > 0.5 or i + 1 == len(dl):  # read the device at most twice a second
             self.check_losses(losses, i + 1); t_read = time.perf_counter()
@@ -173,7 +173,7 @@ def settings(self:Trainer) -> dict:
 def state_dict(self:Trainer) -> dict:
     "Everything needed to rebuild the model and continue the run exactly."
     return dict(model=self.model.state_dict(), model_config=getattr(self.model, 'config', None), size=self.size,
-                epoch=self.epoch, step=self.step, epochs=self.epochs, history=self.history, best=self.best,
+                epoch=self.epoch, step=self.step, epochs=self.epochs, history=self.history, best=self.best, plan=self.plan,
                 monitor=self.monitor, trainer=self.settings, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                 rng=get_rng_state(), data_rng=g.get_state() if (g := loader_generator(self.dls.train)) else None)
 
@@ -181,7 +181,7 @@ def state_dict(self:Trainer) -> dict:
 @patch
 def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `read_checkpoint('last.pt')`)
                     path=None): # the file `ckpt` came from, named in error messages
-    "Restore a checkpoint into this trainer: model, optimizer, scaler, step, epoch, history, best and RNG; a `BadInput` naming the file when it cannot."
+    "Restore a checkpoint into this trainer: model, optimizer, scaler, step, epoch, history, best, plan and RNG; a `BadInput` naming the file when it cannot."
     where = path if path is not None else 'the checkpoint'
     if why := why_not_a_run(ckpt, where):
         raise BadInput(f"{why}. A Trainer resumes only from the last.pt or best.pt that `Trainer.save` wrote.")
@@ -191,7 +191,7 @@ def load_state_dict(self:Trainer, ckpt:dict, # from `Trainer.state_dict` (e.g. `
     g = loader_generator(self.dls.train)
     if g is not None and ckpt.get('data_rng') is not None: g.set_state(ckpt['data_rng'])
     self.epoch, self.step, self.history, self.best = ckpt['epoch'], ckpt['step'], ckpt['history'], ckpt['best']
-    self.size = ckpt.get('size')
+    self.size, self.plan = ckpt.get('size'), ckpt.get('plan')   # plan: a time budget's (lesson 08)
 
 @patch
 def _load_weights(self:Trainer, ckpt:dict, where): # a training checkpoint; its file, for messages
@@ -238,7 +238,7 @@ def _report_stop(self:Trainer):
 
 # %% ../nbs/10_trainer.ipynb #8f4dd393
 @patch
-def fit(self:Trainer, epochs:int|None=None, # train until this many epochs are done in all; None: `cfg.epochs`
+def fit(self:Trainer, epochs:int|None=None, # train until this many epochs are done in all; None: `cfg.epochs` (or a time budget's plan)
         resume:bool=False):       # first continue from `out_dir/last.pt` when it exists
     "Train until `epochs` epochs are done; returns the history (one dict per epoch). Stops cleanly on SIGINT/SIGTERM."
     epochs = self.cfg.epochs if epochs is None else epochs
@@ -248,13 +248,14 @@ def fit(self:Trainer, epochs:int|None=None, # train until this many epochs are d
         if resume: self.resume()
         elif not self.wrote: raise FileExistsError(f'fit: {self.out_dir} already holds a run (last.pt); pass '
                                                    'resume=True to continue it, or use another out_dir')
+    if self.plan: epochs = self.plan['epochs']   # a time budget's plan (lesson 08): a resumed run keeps it
     self.epochs, self.total_steps, self.stopped = epochs, epochs * len(self.dls.train), None
     if self.epoch == 0: self.save('last')  # so that a valid last.pt exists from the first step on
     self.stop_requested = None
     with signals_to(self.request_stop):   # Ctrl-C and SIGTERM ask for a stop (lesson 08)
         try:
             self._cb('before_fit')
-            while self.epoch < epochs:
+            while self.epoch < self.epochs:   # a `TimeBudget` sets them in before_fit (and may re-plan once)
                 if self.stop_requested: raise _Stop()
                 self.one_epoch()
         except (_Stop, KeyboardInterrupt): self._report_stop()
