@@ -46,7 +46,7 @@ def minutes_to(history, target) -> float | None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data', default='../shared/data/pets128', help='a folder holding oxford-iiit-pet/')
-    p.add_argument('--threads', type=int, default=None, help='PyTorch CPU threads (default: one per core)')
+    p.add_argument('--threads', type=int, default=None, help='PyTorch CPU threads, fixed for the run (default: one per core)')
     p.add_argument('--experiment', type=int, default=1)
     for k in ('epochs', 'size', 'width', 'batch_size', 'limit', 'seed'):
         p.add_argument(f"--{k.replace('_', '-')}", dest=k, type=int, default=None, help="default: the CPU preset's")
@@ -66,7 +66,7 @@ def main(argv=None):
     dls = dls_for(cfg, a.data, get_device('cpu'))
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        rec = train_one(cfg, dls, Path(d)/'run', progress=False, device=get_device('cpu'))
+        rec = train_one(cfg, dls, Path(d)/'run', progress=False, device=get_device('cpu'), threads=torch.get_num_threads())
         wall = time.perf_counter() - t0
         hist = json.loads((Path(d)/'run'/'history.json').read_text())
     print(f'{dls.train.n} training, {dls.valid.n} validation, {dls.test.n} test images')
