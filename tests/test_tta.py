@@ -138,6 +138,12 @@ def test_measure_tool_writes_its_figures_and_keeps_an_existing_file(tiny, tmp_pa
             f = figs[k]
             assert f['helped'] + f['hurt'] + f['same'] == rec['data']['n'][split] and f['gain_95ci'][0] <= f['gain_95ci'][1]
     assert n == dls.test.n > 4 and rec['best_on_valid'] in ('h', 'hv')
+    timed = rec['timing_interleaved']
+    assert timed['images'] == n and list(timed['seconds']) == ['none', 'h', 'hv'] and timed['ratio']['none'] == 1
+    _tool().main(['--data', str(root), '--checkpoint', str(d/'tiny.pt'), '--out', str(out), '--timing-only'])
+    again = json.loads(out.read_text())
+    assert again['splits'] == rec['splits'] and again['timing_command'].endswith('--timing-only')   # the figures kept
+    with pytest.raises(SystemExit, match='not there'): _tool().main(['--data', str(root), '--out', str(tmp_path/'no.json'), '--timing-only'])
     before = out.read_bytes()
     with pytest.raises(SystemExit, match='exists: pass --overwrite'): _tool().main(['--data', str(root), '--out', str(out)])
     assert out.read_bytes() == before
