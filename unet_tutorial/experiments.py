@@ -26,7 +26,7 @@ from .trainer import Trainer
 from .config import GPU, RunConfig, check_same, data_fingerprint, settings_of
 
 # %% ../nbs/12_experiments.ipynb #6d8f19f0
-TTA_FLIPS = 'h'   # the flips `tta=True` means: the mirror image, as in training (lesson 17 measures 'hv': results/tta/)
+TTA_FLIPS = 'h'   # what `tta=True` means: the mirror image, as in training (all four flips, 'hv', hurt: lesson 17, results/tta/)
 
 def tta_logits(model, # a model returning logits (B, 1, H, W)
                x:torch.Tensor, # a batch (B, C, H, W) on the model's device
