@@ -8,9 +8,9 @@ import torch
 
 from conftest import PETS, needs_pets
 from unet_tutorial.config import RunConfig
-from unet_tutorial.data import breed_of, read_split
+from unet_tutorial.data import breed_of, read_split, species_of, spread_over_breeds
 from unet_tutorial.experiments import (Comparison, breakdown, breakdown_table, image_groups, one_class, plot_breakdown,
-                                       run_comparison, species_of, spread_over_breeds)
+                                       run_comparison)
 from unet_tutorial.report import CLOCKS, analysis, predictions, results_table, show_errors, show_predictions, summarize
 from unet_tutorial.synthetic import make_synthetic_pets
 

@@ -123,10 +123,13 @@ def segment(images:_IMAGES, # photos to segment
             size:int=None, # side the model was trained at, a multiple of 2**depth (default: the checkpoint's, else 128)
             device:str=None, # cpu, cuda, cuda:N or mps (default: the best available)
             overwrite:bool=False, # replace mask and overlay files that exist already (default: refuse, writing nothing)
-            onnx:str=None): # also write the model to this ONNX file (e.g. model.onnx), checked against PyTorch with onnxruntime; needs pip install unet_tutorial[onnx]
+            onnx:str=None, # also write the model to this ONNX file (e.g. model.onnx), checked against PyTorch with onnxruntime; needs pip install unet_tutorial[onnx]
+            tta:bool=False): # test-time augmentation: average each photo's probabilities with its mirror image's (two passes a photo; lesson 17 measures it)
     "Segment the pets in IMAGES with the U-Net in CHECKPOINT (or the reference model), writing a mask and an overlay per image to OUT; --onnx exports the model."
     _not_empty(checkpoint=checkpoint, onnx=onnx, out=out)
     if not images and not onnx: raise BadInput("no images: give the photos to segment (or --onnx FILE to export the model)")
+    if tta and not images: raise BadInput("--tta averages the predictions of photos, and none were given: give photos to "
+                                          "segment, or leave --tta out (the ONNX file is the model itself, without TTA)")
     reference = checkpoint is None   # no checkpoint: the course's reference model (lesson 14), resolved here once
     try:
         if reference: checkpoint = reference_checkpoint()
@@ -134,7 +137,7 @@ def segment(images:_IMAGES, # photos to segment
             onnx_target(onnx, overwrite, {checkpoint: 'the checkpoint being exported',
                                           **{f: 'one of the photos to segment' for f in images}})
         model = _reference_model(checkpoint, device) if images and reference else checkpoint
-        done = predict_files(images, model, out, threshold, size, device, overwrite=overwrite) if images else ({}, {})
+        done = predict_files(images, model, out, threshold, size, device, overwrite=overwrite, tta=tta) if images else ({}, {})
         if onnx: _export(checkpoint, onnx, size, overwrite, images)
         return done
     except ConfigError as e: raise said(e, ('size',)) from None   # lesson 05's size rule, said as --size

@@ -18,8 +18,9 @@ from .core import IGNORE_INDEX
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'HOW_TO_GET', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split',
-           'breed_of', 'trimap_to_mask', 'split_trainval', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize',
-           'show_batch', 'read_pet_pair', 'raise_bad_files', 'validate_pets']
+           'breed_of', 'species_of', 'spread_over_breeds', 'trimap_to_mask', 'split_trainval', 'SegTransform',
+           'pets_dataset', 'denormalize', 'normalize', 'show_batch', 'read_pet_pair', 'raise_bad_files',
+           'validate_pets']
 
 # %% ../nbs/01_data.ipynb #ba58f5f4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,6 +82,21 @@ def _read_text(f):
 def breed_of(name:str) -> str:
     "The breed of an image name: 'Abyssinian_12' -> 'Abyssinian', 'great_pyrenees_3' -> 'great_pyrenees'"
     return name.rsplit('_', 1)[0]
+
+# %% ../nbs/01_data.ipynb #a3e1c002
+def species_of(name:str) -> str: # an image name, e.g. 'Abyssinian_12' or 'beagle_3'
+    "'cat' or 'dog': in Oxford-IIIT Pet the cat breeds' names are capitalised and the dog breeds' are not (list.txt's SPECIES agrees)."
+    return 'cat' if breed_of(name)[:1].isupper() else 'dog'
+
+def spread_over_breeds(names, # image names, e.g. a split's in loader order
+                       n:int, # how many to pick
+                       seed:int=0) -> list: # the same seed picks the same images
+    "Indices of `n` of `names`, one image of each breed in turn (breeds and images in a seeded order), then round again."
+    rng, by = random.Random(seed), {}
+    for i, name in enumerate(names): by.setdefault(breed_of(name), []).append(i)
+    pools = [rng.sample(by[b], len(by[b])) for b in sorted(by)]      # each breed's images, shuffled
+    rng.shuffle(pools)                                                # the breeds' order
+    return [p[r] for r in range(max(map(len, pools), default=0)) for p in pools if r < len(p)][:n]
 
 # %% ../nbs/01_data.ipynb #3dc5df3b
 BORDERS = ('background', 'pet', 'ignore')

@@ -16,6 +16,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from .core import BadInput, get_device
 from .data import normalize
+from .experiments import tta_logits   # lesson 12: test-time augmentation
 from .checkpoints import (CannotWrite, CheckpointError, atomic_save, check_writable, clean_tmp,   # lesson 09;
                                        load_model)   # CheckpointError and load_model also importable from here
 from .images import MAX_PIXELS, check_size, image_tensor, load_image, model_input   # lesson 16
@@ -25,20 +26,22 @@ from .images import MAX_PIXELS, check_size, image_tensor, load_image, model_inpu
 def predict_logits(model:nn.Module, # a U-Net returning logits (B, 1, H, W)
                    image,           # as for `predict`
                    size:int=128,    # the side the model was trained at
-                   device=None):    # run on this device (moving the model there); None: where the model is
+                   device=None,     # run on this device (moving the model there); None: where the model is
+                   tta=False):      # average with the mirror image's probabilities (True), or `tta_logits`'s flips; section 7
     "The model's logits for one image at the training size, a (size, size) CPU tensor, and the image's (H, W)."
     x, hw = model_input(image, size)
     if device is not None: model.to(device)
     dev, training = next(model.parameters()).device, model.training; model.eval()
-    logits = model(normalize(x).to(dev)).float().cpu()[0, 0]            # as in training: the data lesson's normalisation
+    logits = tta_logits(model, normalize(x).to(dev), tta).cpu()[0, 0]   # as in training: the data lesson's normalisation
     model.train(training); return logits, hw
 
 def predict(model:nn.Module, # a U-Net returning logits (B, 1, H, W)
             image,           # PIL image, path, (H, W, 3) uint8 array, or (3, H, W) tensor (uint8, or float in [0, 1])
             size:int=128,    # the side the model was trained at
-            device=None):    # run on this device (moving the model there); None: where the model is
+            device=None,     # run on this device (moving the model there); None: where the model is
+            tta=False):      # test-time augmentation: as for `predict_logits`
     "Probability of pet for each pixel of one image of any size: an (H, W) tensor in [0, 1] at the image's size."
-    logits, hw = predict_logits(model, image, size, device)
+    logits, hw = predict_logits(model, image, size, device, tta)
     return F.interpolate(logits[None, None], size=hw, mode='bilinear')[0, 0].sigmoid()  # (H, W)
 
 # %% ../nbs/17_inference.ipynb #094664e6
@@ -157,10 +160,10 @@ def _predict_size(model, ckpt:dict, size, verbose:bool) -> int:
     return size
 
 # %% ../nbs/17_inference.ipynb #ca101a59
-def _predict_mask(model, f:Path, size:int, threshold:float, max_pixels:int) -> tuple:
+def _predict_mask(model, f:Path, size:int, threshold:float, max_pixels:int, tta=False) -> tuple:
     "Photo `f` read and its (H, W) uint8 0/255 mask: the only two arrays of the photo's size."
     im = load_image(f, max_pixels)
-    return im, mask_from_logits(*predict_logits(model, im, size), threshold)
+    return im, mask_from_logits(*predict_logits(model, im, size, tta=tta), threshold)
 
 def _write(im:Image.Image, mask:np.ndarray, files:tuple, overwrite:bool) -> tuple:
     "Save `mask` and `im` with the mask tinted on it (drawn on `im` itself) to `files`; returns the photo's (W, H)."
@@ -179,6 +182,7 @@ def predict_files(images, # image files to segment
                   verbose: bool=True, # print a line for each file
                   overwrite: bool=False, # replace output files that exist already (default: refuse, before any work)
                   max_pixels: int=MAX_PIXELS, # skip larger photos, with a message
+                  tta: bool=False, # test-time augmentation: average each photo's probabilities with its mirror image's (section 7)
                  ) -> tuple:
     "Segment `images` with the model in `checkpoint`; returns ({image: (mask, overlay)}, {image: error})."
     if not 0 < threshold < 1: raise BadInput(f"threshold must be between 0 and 1, got {threshold}")
@@ -189,7 +193,7 @@ def predict_files(images, # image files to segment
     if verbose: print(f"writing to {out}:")
     written, failed = {}, {}
     for f, files in plan.items():
-        try: w, h = _write(*_predict_mask(model, f, size, threshold, max_pixels), files, overwrite)   # 3. predict, 4. write
+        try: w, h = _write(*_predict_mask(model, f, size, threshold, max_pixels, tta), files, overwrite)   # 3. predict, 4. write
         except CannotWrite: raise                           # a read-only folder, a full disk: no use going on
         except (ValueError, FileExistsError) as e:
             why = f"{e.filename}: created meanwhile by something else; not replaced" if isinstance(e, FileExistsError) else str(e)
