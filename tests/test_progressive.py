@@ -45,8 +45,9 @@ def test_progressive_is_a_setting_runs_must_share():
 
 
 class _Sizes(Callback):
-    "Records the side of every training batch the model saw (via a forward hook) and of every validation batch."
-    def __init__(self): self.train, self.valid = [], []
+    "Records the side of every batch the model saw (a forward hook), training and validation, and `trainer.size` after each epoch."
+    def __init__(self): self.train, self.valid, self.sizes = [], [], []
+    def after_epoch(self, t): self.sizes.append(t.size)   # what `state_dict` (every checkpoint) records for `predict`
     def before_fit(self, t):
         def hook(m, inp, out): (self.train if m.training else self.valid).append(inp[0].shape[-1])
         t.model.register_forward_hook(hook)
@@ -67,7 +68,7 @@ def test_first_epochs_train_at_half_size_and_validation_at_full_size(pets):
     t, cb, n = _fit(pets, 0.5, epochs=4)
     assert cb.train == [16] * (2 * n) + [32] * (2 * n)     # round(0.5 * 4) = 2 epochs at 16 px, then 2 at 32 px
     assert set(cb.valid) == {32}                            # every validation pass at the full size
-    assert t.size == 32                                     # the checkpoint records the size the model ended at
+    assert cb.sizes == [32] * 4                             # every checkpoint records the full size, the half-size epochs' too
     t, cb, n = _fit(pets, 0.67, epochs=3)
     assert cb.train == [16] * (2 * n) + [32] * n            # round(0.67 * 3) = 2
 

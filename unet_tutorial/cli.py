@@ -70,7 +70,7 @@ def _compare_runs(experiments:str, seeds:str, cfg:RunConfig, dev) -> tuple: # `c
 def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ and annotations/); default: $UNET_TUTORIAL_DATA, else shared/data/pets128, data/pets128 or data here or in a folder above
             download:bool=False, # download the dataset into the --data folder first (needs the network)
             quick:bool=False, # embedded synthetic data and the quick preset: the whole comparison in about 1.5 minutes on one core
-            preset:str=None, # settings to start from: quick, cpu or gpu (default: gpu on a GPU, else cpu)
+            preset:str=None, # settings to start from: quick, cpu, gpu or fast (default: gpu on a GPU, else cpu)
             experiments:str='1,2,3,4', # experiments to run, keys or names, comma-separated (e.g. 1,3)
             seeds:str='0', # seeds, comma-separated: one run per experiment and seed (e.g. 0,1,2)
             keep_bad_trimaps:bool=False, # keep the failed annotations (empty trimaps) that are left out by default
@@ -243,7 +243,7 @@ def _train_config(base, exp, settings:dict, finetune:bool, no_augment:bool, dev)
 # %% ../nbs/A2_cli.ipynb #fa34e54c
 def train(data:str=None, # your data: a folder with images/ and masks/ (named alike), one with train/ and valid/ (and test/) folders holding them, or a CSV file of image,mask pairs
           out:str='runs/mine', # output folder: the run goes to OUT/<experiment name>/seed<N>/ (best.pt), the report to OUT/results.md; the same command again resumes
-          preset:str=None, # settings to start from: quick, cpu or gpu (default: gpu on a GPU, else cpu)
+          preset:str=None, # settings to start from: quick, cpu, gpu or fast (default: gpu on a GPU, else cpu)
           experiment:str='1', # the model and loss, a key or a name (as in unet-compare): 1 (weighted BCE) or 2 (Dice) suit most data
           finetune:bool=False, # start from the reference model's weights (better with few images); its width 16 and depth 4, experiment 1 or 2
           valid_pct:float=0.2, # share of the images for validation, where the folder has no valid/ folder

@@ -150,9 +150,9 @@ def train_epoch(self:Trainer):
     t0 = t_read = time.perf_counter()
     for i, (x, y) in enumerate(dl):
         if self.schedule_lr: self._set_lr()
-        self.batch = i
+        self.batch, self.size = i, x.shape[-1]   # the side the model is trained for (before any halving)
         if self.epoch < round(self.cfg.progressive * (self.epochs or self.cfg.epochs)): x, y = halve(x, y)
-        self.loss = losses[i] = self.train_step(x, y); sizes[i], self.size = len(x), x.shape[-1]
+        self.loss = losses[i] = self.train_step(x, y); sizes[i] = len(x)
         if time.perf_counter() - t_read > 0.5 or i + 1 == len(dl):  # read the device at most twice a second
             self.check_losses(losses, i + 1); t_read = time.perf_counter()
             self.recent_loss = losses[:i + 1].nanmean().item()
