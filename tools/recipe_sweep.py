@@ -82,6 +82,7 @@ def shapes(data, out, threads, label='', steps=12, rounds=3):
     from unet_tutorial.losses import get_loss
     from unet_tutorial.model import build_model
     from unet_tutorial.trainer import Trainer
+    from unet_tutorial.callbacks import halve
     from unet_tutorial.core import cpu_kind
     from unet_tutorial.checkpoints import atomic_save
     torch.set_num_threads(threads or os.cpu_count())
@@ -93,7 +94,7 @@ def shapes(data, out, threads, label='', steps=12, rounds=3):
     batches = [b for _, b in zip(range(steps), dls.train)]   # the same 12 batches of 32 for every shape
     def shape_batches(size, bs):
         for x, y in batches:
-            if size < cfg.size: x, y = torch.nn.functional.avg_pool2d(x, 2), y[..., ::2, ::2]
+            if size < cfg.size: x, y = halve(x, y)           # as the trainer halves a progressive run's first epochs
             for i in range(0, len(x), bs): yield x[i:i + bs], y[i:i + bs]
     keys = [(s, b) for s in (cfg.size, cfg.size // 2) for b in (32, 16)]
     secs, imgs = {k: 0. for k in keys}, {k: 0 for k in keys}
