@@ -43,3 +43,17 @@ def test_show_channel_names_what_exists(feats):
 def test_filter_grid_of_one_filter():
     "One constant 3×3 filter: a 3×3 RGB patch, no gap around it."
     ft.test_eq(filter_grid(torch.ones(1, 3, 3, 3)).shape, (3, 3, 3))
+
+
+def test_compare_models_of_a_multiclass_model_shows_its_classes():
+    "A model of 3 classes gets the argmax of its logits as the last panel (a class map, not a sigmoid of channel 0)."
+    from unet_tutorial.explore import compare_models
+    torch.manual_seed(0)
+    model = UNet(3, 3, width=4, depth=2).eval()
+    x = torch.randn(1, 3, 16, 16)
+    fig = compare_models({'three': model, 'pet': UNet(width=4, depth=2).eval()}, x)
+    last = fig.axes[len(fig.axes) // 2 - 1]                                # the first row's last panel
+    assert last.get_title() == 'class (argmax)' and fig.axes[-1].get_title() == 'P(pet)'
+    with torch.no_grad(): want = model(x)[0].argmax(0)
+    assert (torch.as_tensor(last.get_images()[0].get_array()) == want).all()
+    plt.close(fig)

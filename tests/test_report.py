@@ -55,3 +55,16 @@ def test_seed_means_a_random_seed():
     hits = {name: sorted(set(OLD_NAMES.findall(text))) for name, text in _texts()}
     bad = {n: h for n, h in hits.items() if h}
     assert not bad, f"say 'the original project' (ORIGINAL_RESULTS, original_table), not 'seed': {bad}"
+
+
+def test_analysis_says_what_the_skips_buy_with_welch():
+    "Issue 22: with experiments 1 and 5 in the results, the analysis has a verdict 'What the skip connections buy' (1 - 5)."
+    from unet_tutorial.report import analysis
+    from unet_tutorial.stats import welch
+    def row(k, ious): return dict(experiment=k, iou=(sum(ious) / len(ious), 0.01), iou_seeds=ious, degenerate=[],
+                                  pixel_accuracy=(0.9, 0.), dice=(0.8, 0.), params=1000 * k)
+    text = analysis([row(1, [0.80, 0.81, 0.79]), row(5, [0.70, 0.72, 0.71])])
+    para = next(p for p in text.split('\n\n') if p.startswith('**What the skip connections buy**'))
+    lo, hi = welch([0.70, 0.72, 0.71], [0.80, 0.81, 0.79])['ci']
+    assert '(experiment 1 vs 5;' in para and f'[{lo:+.3f}, {hi:+.3f}]' in para and 'resolved with 3 seeds' in para
+    assert '+0.090' in para                                        # experiment 1 minus experiment 5

@@ -4,6 +4,8 @@
     python tools/recipe_sweep.py run NAME [NAME ...] --data ../shared/data/pets128 --out results/sweep [--threads 1]
     python tools/recipe_sweep.py timing --data ../shared/data/pets128 --out results/sweep   # on an otherwise idle machine
     python tools/recipe_sweep.py shapes --data ../shared/data/pets128 --out results/sweep --label amx   # idle, too
+    python tools/recipe_sweep.py lrs --data ../shared/data/pets128 --out results/sweep --threads 1   # the comparison's rate
+    python tools/recipe_sweep.py lrchoice --out results/sweep --fast results/fast   # the table of the lrs runs
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python tools/recipe_sweep.py timing --label avx2   # as an AVX2-only CPU
 
 `timing` trains the CPU preset (Exp 1) for 2 epochs with every core and writes OUT/timing.json: the seconds of an
@@ -115,6 +117,38 @@ def shapes(data, out, threads, label='', steps=12, rounds=3):
     for k, v in rec['train_s_per_image'].items(): print(f'{k}: {1 / v:.1f} training images/s')
     print(f"validation pass ({dls.valid.n} images): {valid_s:.1f} s | {rec['hardware']} | load average {rec['load_average']:.2f}")
 
+LRS = ('1e-3', '1e-2')   # the FAST preset's peak rate is 3e-3: its arm is the comparison's seed-0 runs (results/fast)
+
+def lrs(data, out, threads, experiments='1,2,3,4,5', rates=LRS):
+    """The learning rate chosen on all the experiments (issue 22): the comparison's preset (FAST) at each other peak
+    rate, every experiment, seed 0, into OUT/fast_lr<rate>/; `lrchoice` tabulates them."""
+    for lr in rates:
+        cmd = ['unet-compare', '--data', str(data), '--preset', 'fast', '--experiments', experiments, '--seeds', '0',
+               '--lr', lr, '--out', str(Path(out)/f'fast_lr{lr}')] + (['--threads', str(threads)] if threads else [])
+        print(' '.join(cmd), flush=True)
+        subprocess.run([str(Path(sys.executable).parent/cmd[0]), *cmd[1:]], check=True)
+
+def lrchoice(out, fast='results/fast', rates=('1e-3', '3e-3', '1e-2')):
+    """OUT/lr_choice.md and .json: each experiment's best validation IoU (seed 0) at each peak rate (3e-3 is FAST's own:
+    its runs are `fast`), the rate each experiment would choose on validation IoU, and the rate of the best mean over all."""
+    folder = lambda lr: Path(fast) if lr == '3e-3' else Path(out)/f'fast_lr{lr}'
+    found = {p.parent.parent.name: json.loads(p.read_text())['experiment'] for lr in rates for p in folder(lr).glob('*/seed0/metrics.json')}
+    names = sorted(found, key=found.get)   # by experiment number
+    rows = {}
+    for n in names:
+        ms = {lr: json.loads(f.read_text()) for lr in rates if (f := folder(lr)/n/'seed0'/'metrics.json').exists()}
+        if len(ms) < len(rates): print(f'{n}: not every rate has finished ({", ".join(ms)}), left out'); continue
+        rows[n] = {lr: dict(valid_iou=m['valid']['best_iou'], test_iou=m['test']['iou'], label=m['label']) for lr, m in ms.items()}
+    mean = {lr: sum(r[lr]['valid_iou'] for r in rows.values()) / len(rows) for lr in rates}
+    rec = dict(rates=list(rates), runs=rows, chosen={n: max(rates, key=lambda lr: r[lr]['valid_iou']) for n, r in rows.items()},
+               mean_valid_iou=mean, chosen_for_all=max(rates, key=mean.get))
+    (Path(out)/'lr_choice.json').write_text(json.dumps(rec, indent=1) + '\n')
+    md = ['| experiment | ' + ' | '.join(f'lr {lr}: valid / test IoU' for lr in rates) + ' | chosen on valid |', '|---' * (len(rates) + 2) + '|']
+    md += [f"| {r[rates[0]]['label']} | " + ' | '.join(f"{r[lr]['valid_iou']:.4f} / {r[lr]['test_iou']:.4f}" for lr in rates)
+           + f" | {rec['chosen'][n]} |" for n, r in rows.items()]
+    md += ['| mean validation IoU | ' + ' | '.join(f'{mean[lr]:.4f}' for lr in rates) + f" | {rec['chosen_for_all']} (for all) |"]
+    (Path(out)/'lr_choice.md').write_text('\n'.join(md) + '\n'); print('\n'.join(md))
+
 def run(names, data, out, threads):
     for name in names:
         opts = RECIPES[name].split()
@@ -125,17 +159,20 @@ def run(names, data, out, threads):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('what', choices=['lrfind', 'run', 'timing', 'shapes'])
+    p.add_argument('what', choices=['lrfind', 'run', 'timing', 'shapes', 'lrs', 'lrchoice'])
     p.add_argument('names', nargs='*', help=f'recipes to run: {", ".join(RECIPES)}')
     p.add_argument('--data', default='../shared/data/pets128')
     p.add_argument('--out', default='results/sweep')
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--fast', default='results/fast', help='lrchoice: the folder of the FAST comparison (its rate, 3e-3)')
     p.add_argument('--label', default='', help='timing: written to OUT/timing_LABEL.json (e.g. avx2, for a run under\n'
                    '                   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)')
     a = p.parse_args()
     if a.what == 'lrfind': lrfind(a.data, a.out, a.threads)
     elif a.what == 'timing': timing(a.data, a.out, a.threads, a.label)
     elif a.what == 'shapes': shapes(a.data, a.out, a.threads, a.label)
+    elif a.what == 'lrs': lrs(a.data, a.out, a.threads)
+    elif a.what == 'lrchoice': lrchoice(a.out, a.fast)
     else:
         if bad := [n for n in a.names if n not in RECIPES]: p.error(f'unknown recipes {bad}: use {", ".join(RECIPES)}')
         run(a.names, a.data, a.out, a.threads)

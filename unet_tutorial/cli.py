@@ -15,7 +15,7 @@ from fastcore.script import Param
 from .data import find_pets, get_pets
 from .synthetic import make_synthetic_pets
 from .model import EXPERIMENTS, ConfigError, check_trainable, get_experiment
-from .config import QUICK, RunConfig, data_fingerprint, run_length, settings_of
+from .config import QUICK, RunConfig, check_pets_classes, data_fingerprint, run_length, settings_of
 from .core import BadInput, get_device
 from .checkpoints import check_writable, load_model, read_checkpoint
 from .experiments import Comparison, finished, lock_folder, run_comparison, train_one
@@ -24,6 +24,7 @@ from .inference import predict_files
 from .export import export_onnx, onnx_target
 from .reference import reference_checkpoint, reference_model
 from .folder import folder_dls
+from .classes import class_parts   # lesson 22: the loss and metrics of more than two classes
 from .options import COMPARE_FIELDS, TRAIN_FIELDS, SEED_MAX, config_from, said, main
 from .options import check_out, check_threads, device_option, ints_option, preset_option
 
@@ -44,6 +45,10 @@ def _data_root(data, download, quick, out):
                                     "--download to fetch it into ROOT, or try --quick for the synthetic data")
     return root
 
+def _parts(cfg:RunConfig): # the run's configuration
+    "What `train_one` takes for a run of more than two classes: lesson 22's `class_parts`; None for a binary run."
+    return class_parts(cfg.classes) if cfg.classes > 2 else None
+
 # %% ../nbs/A2_cli.ipynb #7d3230c0
 def _compare_config(dev, data, quick, preset, threads, keep_bad_trimaps, settings) -> RunConfig: # `compare`'s options
     "`compare`'s first step: the `RunConfig` of its options, the preset (quick with --quick) and the settings given."
@@ -51,7 +56,10 @@ def _compare_config(dev, data, quick, preset, threads, keep_bad_trimaps, setting
     if quick and data: raise BadInput("--quick trains on its own synthetic data: drop --data (or drop --quick)")
     base = QUICK if quick else preset_option(preset, dev)
     check_threads(threads)
-    return config_from(base, settings, COMPARE_FIELDS, **dict(drop_bad_trimaps=False) if keep_bad_trimaps else {})
+    more = dict(drop_bad_trimaps=False) if keep_bad_trimaps else {}
+    if settings.get('classes') == 3: more['border'] = 'class'   # the pets' third class: the trimap border (lesson 01)
+    try: return check_pets_classes(config_from(base, settings, COMPARE_FIELDS, **more))   # 2 classes, or 3 (lesson 07)
+    except ConfigError as e: raise said(e, COMPARE_FIELDS) from None
 
 def _compare_runs(experiments:str, seeds:str, cfg:RunConfig, dev) -> tuple: # `compare`'s options, its settings and device
     "`compare`'s second step: the experiments and seeds of its options, each model checked to fit `dev` for training."
@@ -85,7 +93,7 @@ def compare(data:str=None, # the folder holding oxford-iiit-pet/ (its images/ an
     if threads or quick: torch.set_num_threads(threads or 1)  # tiny models: more threads only add overhead
     check_out(out)                 # a folder of the user's files: refused before anything is written there
     check_writable(out, '--out')   # before anything is written there (the synthetic data of --quick, say)
-    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds, device=dev, threads=threads); write_results(cmp)
+    try: cmp = run_comparison(_data_root(data, download, quick, out), out, cfg, exps, seeds, device=dev, threads=threads, parts=_parts(cfg)); write_results(cmp)
     finally: torch.set_num_threads(old)
     print(results_table(summarize(cmp.records)), f"\nResults, table and figures in {out}/", sep='\n')
     return cmp
@@ -270,7 +278,8 @@ def train(data:str=None, # your data: a folder with images/ and masks/ (named al
 # %% ../nbs/A2_cli.ipynb #941e02e8
 def _train_folder(cfg, exp, data, out:Path, dev, init, threads=None, **split):
     "Read and check the folder, lock `out` to these settings, train (or resume, or skip) the run and write the report."
-    dls = folder_dls(data, cfg.batch_size, dev, cfg.augment, size=cfg.size, depth=cfg.depth, **split)
+    classes = dict(classes=cfg.classes) if cfg.classes > 2 else {}   # masks of class indices (lesson 21); binary: its default
+    dls = folder_dls(data, cfg.batch_size, dev, cfg.augment, size=cfg.size, depth=cfg.depth, **split, **classes)
     _check_batches(cfg, dls.train.n)   # before `out` is locked to these settings
     print(dls.data)
     settings = dict(settings_of(cfg, data_fingerprint(dls.data.names, dls.data.digests), Path(data).resolve().name),
@@ -280,7 +289,7 @@ def _train_folder(cfg, exp, data, out:Path, dev, init, threads=None, **split):
     what = f"{exp.label}, seed {cfg.seed}{', fine-tuned from the reference model' if init is not None else ''}"
     print(f"{what}: finished already" if finished(run_dir, cfg.epochs) else
           f"{what}: {run_length(cfg)} on {dls.train.n} images ({dev})")
-    rec = train_one(cfg, dls, run_dir, init=init, device=dev, threads=threads)
+    rec = train_one(cfg, dls, run_dir, init=init, device=dev, threads=threads, parts=_parts(cfg))
     _write_report(out, dls, settings)
     return rec, run_dir, dls
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 import dataclasses, hashlib, json, math
 from dataclasses import dataclass, asdict, fields
 
+from .core import IGNORE_INDEX   # 255, a mask's ignored pixels (lesson 00)
 from .data import BORDERS   # what a trimap's border pixels become (lesson 01)
 from .model import MAX_DEPTH, MAX_WIDTH, ConfigError, check_size   # lesson 05: the largest U-Net, the size rule
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'AMPS', 'GPU', 'CPU', 'QUICK', 'FAST', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS', 'DATA_CHANGES',
-           'RunConfig', 'n_epochs', 'run_length', 'sched_factor', 'preset', 'to_json', 'shared_fields',
-           'data_fingerprint', 'settings_of', 'check_same']
+__all__ = ['SCHEDULES', 'AMPS', 'MAX_CLASSES', 'GPU', 'CPU', 'QUICK', 'FAST', 'PRESETS', 'ADDED_FIELDS', 'RUN_FIELDS',
+           'DATA_CHANGES', 'RunConfig', 'check_pets_classes', 'n_epochs', 'run_length', 'sched_factor', 'preset',
+           'to_json', 'shared_fields', 'data_fingerprint', 'settings_of', 'check_same']
 
 # %% ../nbs/07_config.ipynb #ff002fcb
 SCHEDULES = (None, 'cosine', 'onecycle')     # learning-rate schedules of the trainer (lesson 10)
 AMPS = ('auto', 'bf16', 'fp16', 'off')       # mixed-precision choices (lesson 10)
+MAX_CLASSES = IGNORE_INDEX                   # masks are uint8 and 255 is an ignored pixel: classes 0 to 254
 
 def _one_of(ok): return ', '.join(map(repr, ok[:-1])) + f' or {ok[-1]!r}'   # None, 'cosine' or 'onecycle'
 
@@ -38,14 +40,15 @@ class RunConfig:
     channels_last: bool|None = None  # NHWC memory format; None: where it is faster (CUDA and CPU)
     progressive: float = 0.       # share of the epochs (the first ones) trained at half the size: progressive resizing
     augment: bool = True          # random flips and zoom of the training images
-    border: str = 'background'    # the trimap border as 'background', 'pet' or 'ignore'
+    border: str = 'background'    # the trimap border as 'background', 'pet', 'ignore' or 'class' (a class of its own: classes 3)
+    classes: int = 2              # number of classes: 2 is binary (one sigmoid output), 3 or more a softmax output per class (the pets: 3 is background, pet and border)
     limit: int|None = None        # use at most this many training images (default: all of them)
     seed: int = 0                 # initial weights, batch order and augmentation
     device: str|None = None       # 'cpu', 'cuda', 'cuda:N' or 'mps'; None: the best available
     drop_bad_trimaps: bool = True # leave the failed annotations (lesson 03's `bad_trimaps`) out of training and scoring
 
     def __post_init__(self):   # every problem is a `ConfigError` naming its field (lesson 05)
-        _check_sizes(self); _check_choices(self)
+        _check_sizes(self); _check_choices(self); _check_classes(self)
 
     def replace(self, **kw) -> RunConfig:
         "A copy with the fields in `kw` changed (and checked)."
@@ -88,6 +91,24 @@ def _check_choices(c:RunConfig):
     if not 0 <= c.seed < 2**32:   # NumPy's limit (`set_seed` seeds NumPy too)
         raise ConfigError('seed', f'must be from 0 to {2**32 - 1} (2**32 - 1) (got {c.seed})')
 
+def _check_classes(c:RunConfig):
+    "Check `classes` (an integer from 2 to `MAX_CLASSES`) and the border that goes with it: `border='class'` is three classes."
+    k = c.classes
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLASSES:
+        raise ConfigError('classes', f'must be an integer from 2 (binary) to {MAX_CLASSES} (masks are uint8 and '
+                                     f'{IGNORE_INDEX} marks an ignored pixel) (got {k!r})')
+    if c.border == 'class' and k != 3:
+        raise ConfigError('border', lambda n: f"{n('border')} 'class' makes the trimap border a class of its own (background 0, "
+                          f"pet 1, border 2): it needs {n('classes')} 3 (got {k})")
+
+# %% ../nbs/07_config.ipynb #c1a55e02
+def check_pets_classes(cfg:RunConfig) -> RunConfig:
+    "`cfg` if the pets have its `classes`: 2 (background, pet), or 3 with `border='class'` (the border too); else a `ConfigError`."
+    if cfg.classes == (3 if cfg.border == 'class' else 2): return cfg
+    raise ConfigError('classes', lambda n: f"{n('classes')} {cfg.classes}: the pets have 2 classes (background, pet), or 3 with "
+                      f"border='class' (background, pet and the trimap border): " +
+                      ("add border='class'" if cfg.classes == 3 else f"use {n('classes')} 2 or 3"))
+
 # %% ../nbs/07_config.ipynb #85345d5b
 def n_epochs(n:int) -> str: return f"{n} epoch{'s' * (n != 1)}"   # '1 epoch', '12 epochs'
 
@@ -121,7 +142,7 @@ def preset(name:str) -> RunConfig: # 'quick', 'cpu', 'gpu' or 'fast'
     except KeyError: raise ValueError(f'unknown preset {name!r}: use one of {", ".join(PRESETS)}') from None
 
 # %% ../nbs/07_config.ipynb #ac66bf12
-ADDED_FIELDS = dict(drop_bad_trimaps=False)   # fields added later -> the value runs made before them used
+ADDED_FIELDS = dict(drop_bad_trimaps=False, classes=2)   # fields added later -> the value runs made before them used
 
 def _from_dict(cls, d:dict # e.g. `json.loads(path.read_text())`
               ) -> RunConfig:

@@ -17,10 +17,10 @@ from torchvision.transforms import v2 as T
 from .core import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'HOW_TO_GET', 'BORDERS', 'find_pets', 'check_pets_root', 'get_pets', 'read_split',
-           'breed_of', 'species_of', 'spread_over_breeds', 'trimap_to_mask', 'split_trainval', 'SegTransform',
-           'pets_dataset', 'denormalize', 'normalize', 'show_batch', 'read_pet_pair', 'raise_bad_files',
-           'validate_pets']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'HOW_TO_GET', 'BORDERS', 'PET_CLASSES', 'find_pets', 'check_pets_root', 'get_pets',
+           'read_split', 'breed_of', 'species_of', 'spread_over_breeds', 'trimap_to_mask', 'split_trainval',
+           'pets_splits', 'SegTransform', 'pets_dataset', 'denormalize', 'normalize', 'show_batch', 'read_pet_pair',
+           'raise_bad_files', 'validate_pets']
 
 # %% ../nbs/01_data.ipynb #ba58f5f4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,16 +99,17 @@ def spread_over_breeds(names, # image names, e.g. a split's in loader order
     return [p[r] for r in range(max(map(len, pools), default=0)) for p in pools if r < len(p)][:n]
 
 # %% ../nbs/01_data.ipynb #3dc5df3b
-BORDERS = ('background', 'pet', 'ignore')
+BORDERS = ('background', 'pet', 'ignore', 'class')
+PET_CLASSES = ('background', 'pet', 'border')   # border='class': the classes 0, 1, 2 of three-class masks (lesson 22)
 
 def trimap_to_mask(trimap, # trimap(s) with 1 pet, 2 background, 3 border: tensor, array or PIL image
-                   border='background' # what the border (3) becomes: 'background' (0), 'pet' (1) or 'ignore' (255)
+                   border='background' # what the border (3) becomes: 'background' (0), 'pet' (1), 'ignore' (255) or 'class' (2, a class of its own)
                   ) -> torch.Tensor:
-    "A uint8 mask of the same shape: 1 pet, 0 background, the border as chosen"
+    "A uint8 mask of the same shape: 1 pet, 0 background, the border as chosen (2 with `'class'`: three classes)"
     if border not in BORDERS: raise ValueError(f"border must be one of {BORDERS}, not {border!r}")
     t = trimap if isinstance(trimap, torch.Tensor) else torch.as_tensor(np.array(trimap))
     mask = (t == 1).to(torch.uint8)
-    if border != 'background': mask[t == 3] = 1 if border == 'pet' else IGNORE_INDEX
+    if border != 'background': mask[t == 3] = {'pet': 1, 'ignore': IGNORE_INDEX, 'class': 2}[border]
     return mask
 
 # %% ../nbs/01_data.ipynb #8cd097e1
@@ -122,6 +123,11 @@ def split_trainval(names, # image names (usually `read_split(root, 'trainval')`)
     for n in sorted(names): by_breed.setdefault(breed_of(n), []).append(n)
     valid = {n for b in sorted(by_breed) for n in rng.sample(by_breed[b], round(len(by_breed[b])*valid_pct))}
     return [n for n in sorted(names) if n not in valid], sorted(valid)
+
+def pets_splits(root) -> dict: # a folder holding `oxford-iiit-pet/`
+    "The image names of the train, valid and test splits (the split `get_dls` makes, lesson 03), without reading an image."
+    train, valid = split_trainval(read_split(root, 'trainval'))
+    return dict(train=train, valid=valid, test=read_split(root, 'test'))
 
 # %% ../nbs/01_data.ipynb #275417f9
 class SegTransform:

@@ -18,53 +18,58 @@ import matplotlib.pyplot as plt
 import torch, torch.nn.functional as F
 
 from .core import BadInput, cpu_kind, get_device
-from .checkpoints import atomic_save, check_writable
-from .data import breed_of, check_pets_root, species_of, spread_over_breeds, read_split, split_trainval, validate_pets
+from .checkpoints import atomic_save, check_writable, load_model
+from .data import breed_of, check_pets_root, species_of, spread_over_breeds, pets_splits, validate_pets
 from .loaders import dls_for, limit_train
 from .model import ConfigError, build_model, check_trainable, count_params, get_experiment
-from .checkpoints import load_model
 from .losses import SegMetrics, get_loss, pos_weight_from_masks
 from .stats import t_ppf
 from .trainer import Trainer
-from .config import GPU, RunConfig, check_same, data_fingerprint, n_epochs, run_length, settings_of
+from .config import GPU, RunConfig, check_pets_classes, check_same, data_fingerprint, n_epochs, run_length, settings_of
 
 # %% ../nbs/12_experiments.ipynb #6d8f19f0
 TTA_FLIPS = 'h'   # what `tta=True` means: the mirror image, as in training (all four flips, 'hv', hurt: lesson 17, results/tta/)
 
-def tta_logits(model, # a model returning logits (B, 1, H, W)
+def tta_logits(model, # a model returning logits (B, 1, H, W), or (B, C, H, W) for C classes
                x:torch.Tensor, # a batch (B, C, H, W) on the model's device
                flips='h'): # 'h' mirror image, 'v' upside down, 'hv' all four; True: `TTA_FLIPS`; False or '': one plain pass
-    "Logits whose sigmoid is the model's probability averaged over `x` and its flips, each output flipped back (float32)."
+    "Logits whose sigmoid (softmax, for C classes) is the model's probability averaged over `x` and its flips, each flipped back (float32)."
     flips = TTA_FLIPS if flips is True else flips or ''
     if not isinstance(flips, str) or set(flips) - set('hv'):
         raise ValueError(f"tta: {flips!r} is not a choice of flips: give 'h' (mirror image), 'v' (upside down), 'hv' (both), True or False")
     if not flips: return model(x).float()                        # no augmentation: the plain logits, bit for bit
     dims = [d for f, d in (('h', -1), ('v', -2)) if f in flips]
     passes = [list(c) for k in range(len(dims) + 1) for c in itertools.combinations(dims, k)]   # [], [-1], [-2], [-1, -2]
-    z = torch.stack([model(x.flip(d)).float().flip(d) if d else model(x).float() for d in passes])   # (passes, B, 1, H, W)
+    z = torch.stack([model(x.flip(d)).float().flip(d) if d else model(x).float() for d in passes])   # (passes, B, C, H, W)
+    if z.shape[2] > 1: return z.log_softmax(2).logsumexp(0) - math.log(len(z))   # C classes: log of the mean probabilities
     return F.logsigmoid(z).logsumexp(0) - F.logsigmoid(-z).logsumexp(0)   # log mean p - log mean (1 - p): the mean's logit
 
 # %% ../nbs/12_experiments.ipynb #8a1188fa
 @torch.no_grad()
 def evaluate_model(model, # a model returning logits
                    dl, # a test loader of (x, y) batches
-                   threshold:float=0.5, # probability threshold for "pet"
-                   tta=False): # test-time augmentation: `tta_logits`'s flips ('h', 'v', 'hv'; True: `TTA_FLIPS`); False: none
-    "Split-level test metrics of `model` on `dl` (and the share of pixels it predicts pet) and the IoU of every image (a list, in loader order)."
+                   threshold:float=0.5, # probability threshold for "pet" (binary)
+                   tta=False, # test-time augmentation: `tta_logits`'s flips ('h', 'v', 'hv'; True: `TTA_FLIPS`); False: none
+                   metrics=None): # None: `SegMetrics(threshold)` (binary); for C classes lesson 22's `ClassMetrics` (reset here)
+    "Split-level test metrics of `model` on `dl` (and the share of pixels it predicts pet, or each class) and the IoU of every image (a list, in loader order)."
     device = next(model.parameters()).device
-    metrics, ious = SegMetrics(threshold), []
+    metrics, ious = SegMetrics(threshold) if metrics is None else metrics, []
+    metrics.reset()
     for x, y in dl:
-        logits = tta_logits(model.eval(), x.to(device), tta)  # (B, 1, H, W); tta=False: `model(x).float()`
+        logits = tta_logits(model.eval(), x.to(device), tta)  # (B, C, H, W); tta=False: `model(x).float()`
         y = y.to(device)
         ious.append(metrics.update(logits, y))          # (B,) per-image IoU, from the same counts
-    out, (tp, fp, fn, tn) = metrics.compute(), metrics.counts.tolist()
-    out['predicted_pet'] = (tp + fp) / max(1, tp + fp + fn + tn)   # share of the test pixels predicted pet
+    out = metrics.compute()
+    if isinstance(metrics, SegMetrics): tp, fp, fn, tn = metrics.counts.tolist(); out['predicted_pet'] = (tp + fp) / max(1, tp + fp + fn + tn)
+    else: n = metrics.confusion.sum(0).double(); out['predicted_share'] = (n / n.sum().clamp(min=1)).tolist()   # columns: predicted
     return out, torch.cat(ious).tolist()
 
 def one_class(test:dict, # a run's test metrics: `evaluate_model`'s, or a record's `test`
               tol:float=1e-3): # a share of pixels within `tol` of 0 or 1 counts as one class everywhere
-    "'pet' or 'background' when a model predicts that class on (nearly) every test pixel, a degenerate model; else None."
-    share = test.get('predicted_pet')                 # None in records written before it was recorded
+    "'pet' or 'background' ('class k' for C classes) when a model predicts that class on (nearly) every test pixel, a degenerate model; else None."
+    share = test.get('predicted_pet')                 # None in records written before it was recorded, and for C classes
+    if share is None and (shares := test.get('predicted_share')):   # C classes: the share of pixels predicted as each
+        return next((f'class {k}' for k, s in enumerate(shares) if s >= 1 - tol), None)
     if share is None or tol < share < 1 - tol: return None
     return 'pet' if share >= 1 - tol else 'background'
 
@@ -97,6 +102,13 @@ def finished(run_dir, epochs:int): # a run's folder; the epochs asked for (a run
     rec = json.loads(f.read_text())
     if rec['epochs'] >= ((rec.get('timing') or {}).get('budget') or {}).get('epochs', epochs): return rec
 
+def _run_parts(cfg, exp, dls, parts): # `train_one`'s run, its experiment, its loaders and `parts`
+    "A run's loss and metrics: `parts(exp, dls)`; without `parts`, lesson 06's loss of `exp` and None (the trainer's `SegMetrics`)."
+    if parts is not None: return parts(exp, dls)
+    if cfg.classes > 2: raise BadInput(f'classes={cfg.classes}: a run of more than two classes needs their loss and metrics: pass '
+                                       f'parts=unet_tutorial.classes.class_parts({cfg.classes}) (or use the commands\' --classes)')
+    return get_loss(exp.loss, pos_weight_from_masks(dls.train_masks) if 'bce' in exp.loss else None), None   # BCE: weighted
+
 # %% ../nbs/12_experiments.ipynb #4bc1a774
 def train_one(cfg:RunConfig, # the run: its experiment, seed and every training setting
               dls, # `DataLoaders` from `dls_for` (or `get_dls`, `folder_dls`); a `cfg.limit` below its training images is applied
@@ -104,7 +116,8 @@ def train_one(cfg:RunConfig, # the run: its experiment, seed and every training 
               progress:bool=True, # show the trainer's progress bar and table of epochs
               init:dict=None, # weights to start from (fine-tuning, e.g. the reference model's `state_dict()`); None: random
               device=None, # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
-              threads:int|None=None): # CPU threads (the Trainer's `threads`); None: a count that was set, else timed
+              threads:int|None=None, # CPU threads (the Trainer's `threads`); None: a count that was set, else timed
+              parts=None): # C > 2 classes: `parts(exp, dls) -> (loss, metrics)`, lesson 22's `class_parts(C)`; None: binary
     "Train, resume or skip (when finished) one run; return its record."
     exp, run_dir = get_experiment(cfg.experiment), Path(run_dir)
     if rec := finished(run_dir, cfg.epochs): return rec
@@ -113,16 +126,16 @@ def train_one(cfg:RunConfig, # the run: its experiment, seed and every training 
     try: check_trainable(exp, cfg.width, cfg.depth, device)   # how many GB, before any is allocated
     except ValueError as e: raise e if isinstance(e, BadInput) else BadInput(str(e)) from None
     dls = limit_train(dls, cfg.limit)   # `limit` counts training images, on every path (a no-op when already applied)
+    loss, metrics = _run_parts(cfg, exp, dls, parts)   # binary: lesson 06's (BCE weighted from the masks), `SegMetrics`
     torch.manual_seed(cfg.seed)
-    model = build_model(exp, width=cfg.width, depth=cfg.depth)
+    model = build_model(exp, width=cfg.width, depth=cfg.depth, out_channels=1 if cfg.classes == 2 else cfg.classes)
     if init is not None: model.load_state_dict(init)   # a resumed run then loads its last.pt over these
-    pos_weight = pos_weight_from_masks(dls.train_masks) if 'bce' in exp.loss else None
-    trainer = Trainer(model, get_loss(exp.loss, pos_weight), dls, cfg, out_dir=run_dir,
-                      cbs=None if progress else (), device=device, threads=threads)
+    trainer = Trainer(model, loss, dls, cfg, out_dir=run_dir, cbs=None if progress else (), device=device, threads=threads,
+                      metrics=metrics)
     hist = trainer.fit(resume=True)
     if len(hist) < trainer.epochs: raise KeyboardInterrupt  # stopped by SIGINT/SIGTERM: last.pt holds the finished epochs
     best, ckpt = load_model(run_dir/'best.pt', trainer.device)
-    t = time.perf_counter(); test, ious = evaluate_model(best, dls.test); test_s = time.perf_counter() - t
+    t = time.perf_counter(); test, ious = evaluate_model(best, dls.test, metrics=metrics); test_s = time.perf_counter() - t
     rec = _record(cfg, hist, model, test, ckpt, test_s, trainer, dls.train.n)
     atomic_save(ious, run_dir/'per_image_iou.json')
     atomic_save(rec, run_dir/'metrics.json')  # last: its presence marks the run as finished
@@ -175,11 +188,6 @@ def lock_folder(out, # an output folder: a comparison's, or unet-train's
     atomic_save(settings, f)
 
 # %% ../nbs/12_experiments.ipynb #8c5f70fc
-def _splits(root):
-    "The image names of the train, valid and test splits (the split `get_dls` makes), without reading an image."
-    train, valid = split_trainval(read_split(root, 'trainval'))
-    return dict(train=train, valid=valid, test=read_split(root, 'test'))
-
 def _load_data(root, cfg, device):
     "The `DataLoaders` for `cfg` (`dls_for`: at most `cfg.limit` training images), with every data problem a `BadInput`."
     try:
@@ -195,6 +203,7 @@ def _checked_runs(cfg:RunConfig, experiments, seeds, device) -> tuple: # `run_co
     seeds = list(dict.fromkeys(seeds))
     try:   # every run's settings, the device (once, for every run) and the memory each model needs, before anything is written
         for s in seeds: cfg.replace(seed=s)
+        check_pets_classes(cfg)   # lesson 07: 2 classes, or 3 with border='class'
         device = get_device(cfg.device) if device is None else device
         for e in exps: check_trainable(e, cfg.width, cfg.depth, device)
     except ConfigError: raise                           # a bad setting, its `field` named (lesson 05)
@@ -210,13 +219,14 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
                    progress:bool=True, # show each run's progress bar and table of epochs
                    log=print, # one line per run goes here
                    device=None, # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here, once
-                   threads:int|None=None): # CPU threads for every run (the Trainer's `threads`); None: a count that was set, else timed
+                   threads:int|None=None, # CPU threads for every run (the Trainer's `threads`); None: a count that was set, else timed
+                   parts=None): # three classes (`cfg.classes` 3, border 'class'): `train_one`'s `parts`, lesson 22's `class_parts(3)`
     "Train every experiment with every seed (skipping finished runs, resuming unfinished ones); their `Comparison`."
     exps, seeds, device = _checked_runs(cfg, experiments, seeds, device)
     try: root = check_pets_root(root)
     except (FileNotFoundError, ValueError) as e: raise BadInput(str(e)) from None
     check_writable(out)   # a read-only folder, a file, a full disk: said at once, not after the data has loaded
-    settings = settings_of(cfg, data_fingerprint(_splits(root)), Path(root).name)
+    settings = settings_of(cfg, data_fingerprint(pets_splits(root)), Path(root).name)
     lock_folder(out, settings)                         # before the data loads: a refusal comes at once
     dls = _load_data(root, cfg, device)
     records, todo = [], [(s, e) for s in seeds for e in exps]   # seed by seed: one seed of every experiment first
@@ -224,13 +234,13 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
         run = cfg.replace(experiment=exp.key, seed=seed)
         run_dir, what = Path(out)/exp.name/f"seed{seed}", f"[{i + 1}/{len(todo)}] {exp.label}, seed {seed}"
         if not finished(run_dir, cfg.epochs): log(f"{what}: {run_length(cfg)} on {dls.train.n} images ({device})")
-        records.append(train_one(run, dls, run_dir, progress, device=device, threads=threads))
+        records.append(train_one(run, dls, run_dir, progress, device=device, threads=threads, parts=parts))
         t, flag = records[-1]['test'], one_class(records[-1]['test'])
         log(f"{what}: test IoU {t['iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.2%}, {n_epochs(records[-1]['epochs'])}"
             + (f"; DEGENERATE: it predicts {flag} everywhere, so its numbers are not a result" if flag else ''))
     settings.update(seeds=seeds, experiments=[e.key for e in exps])
     dropped = set(dls.dropped['test'])
-    return Comparison(records, dls, Path(out), settings, [n for n in _splits(root)['test'] if n not in dropped])
+    return Comparison(records, dls, Path(out), settings, [n for n in pets_splits(root)['test'] if n not in dropped])
 
 # %% ../nbs/12_experiments.ipynb #b4e2d002
 PET_SIZES = (0.1, 0.25, 0.5)   # bin edges of the pet's share of the pixels

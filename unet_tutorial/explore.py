@@ -153,15 +153,16 @@ def weight_change(model: nn.Module, # a trained network
 def compare_models(models: dict, # {label: model} with the same stages, e.g. trained and random
                    x: torch.Tensor, # one normalised image (1, 3, H, W)
                   ):
-    "One row per model: the mean activation of each stage, then P(pet); the same layout for every model."
+    "One row per model: the mean activation of each stage, then P(pet) (a model of C classes: each pixel's class); the same layout for every model."
     rows = {k: feature_maps(m, x) for k, m in models.items()}
     names = list(next(iter(rows.values())))
     fig, axs = plt.subplots(len(rows), len(names) + 1, figsize=(10, 1.25 * len(rows) + 0.9), squeeze=False)
     for row, (label, feats) in zip(axs, rows.items()):
         for ax, name in zip(row, names):
             ax.imshow(feats[name][0].mean(0), cmap='viridis'); ax.set_title(name, fontsize=7)
-        row[-1].imshow(torch.sigmoid(feats[names[-1]][0, 0]), cmap='gray', vmin=0, vmax=1)
-        row[-1].set_title('P(pet)', fontsize=7); row[0].set_ylabel(label)
+        z, one = feats[names[-1]][0], len(feats[names[-1]][0]) == 1   # the logits (C, h, w); C classes: their argmax
+        row[-1].imshow(z[0].sigmoid() if one else z.argmax(0), cmap='gray' if one else 'tab10', vmin=0, vmax=1 if one else 9)
+        row[-1].set_title('P(pet)' if one else 'class (argmax)', fontsize=7); row[0].set_ylabel(label)
         for ax in row: ax.set_xticks([]); ax.set_yticks([])
     fig.suptitle('Mean activation of each stage, same image (each panel on its own colour scale; P(pet) from 0 to 1)')
     fig.supxlabel('stage: encoder (down) → decoder (up) → logits, then the predicted probability')

@@ -36,22 +36,24 @@ def onnx_difference(onnx_file, # an .onnx file written by `export_onnx`
                     model:nn.Module, # the PyTorch model it came from, on the CPU in eval mode
                     size:int, # a side the model accepts
                     step:int=16) -> float: # 2**depth: the other shape checked is (size + step) × size
-    "Largest |p_onnx - p_torch| of the probabilities, over a batch of 2 at size × size and one image of another shape."
+    "Largest |p_onnx - p_torch| of the probabilities (sigmoid; softmax over the classes for C > 1 outputs), over a batch of 2 at size × size and one image of another shape."
     sess = onnx_runtime().InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
     diff = 0.
     for x in (_sample(2, size, size), _sample(1, size + step, size, seed=1)):   # (2, 3, S, S), (1, 3, S+step, S)
-        p_onnx = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]).sigmoid()
-        diff = max(diff, (p_onnx - model(x).sigmoid()).abs().max().item())
+        z_onnx, z = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]), model(x)
+        prob = (lambda v: v.softmax(1)) if z.shape[1] > 1 else torch.sigmoid   # C classes: their probabilities
+        diff = max(diff, (prob(z_onnx) - prob(z)).abs().max().item())
     return diff
 
 # %% ../nbs/18_export.ipynb #d01ef0f2
-def _onnx_metadata(path:Path, size:int, step:int, checked:int):
+def _onnx_metadata(path:Path, size:int, step:int, checked:int, classes:int=1):
     "Write into the ONNX file at `path` what its input and output are, for whoever ships it."
     import onnx
     m = onnx.load(str(path))
     onnx.helper.set_model_props(m, dict(
         input=f"image: float32 (B, 3, H, W), RGB scaled to [0, 1], minus mean {IMAGENET_MEAN}, divided by std {IMAGENET_STD}; "
-              f"H and W multiples of {step}", output='logits (B, 1, H, W): sigmoid(logits) > 0.5 is foreground',
+              f"H and W multiples of {step}", output='logits (B, 1, H, W): sigmoid(logits) > 0.5 is foreground' if classes == 1 else
+              f'logits (B, {classes}, H, W): softmax over dim 1 gives the class probabilities, argmax the class of each pixel',
         training_size=str(size), checked_size=str(checked), source='unet_tutorial'))
     onnx.save(m, str(path))
 
@@ -88,7 +90,7 @@ def _checked_onnx(model:nn.Module, tmp:Path, path:Path, size:int, step:int, atol
     if (diff := onnx_difference(tmp, model, size, step)) > atol:
         raise ValueError(f"{path}: not written: the ONNX model's probabilities differ from PyTorch's by up to "
                          f"{diff:.2g}, more than atol={atol:g}; check the versions of torch, onnx and onnxruntime")
-    _onnx_metadata(tmp, trained or size, step, size)
+    _onnx_metadata(tmp, trained or size, step, size, getattr(model, 'config', {}).get('out_channels', 1))
     return diff
 
 # %% ../nbs/18_export.ipynb #2399bdf0

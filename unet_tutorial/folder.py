@@ -18,6 +18,7 @@ from .losses import pos_weight_from_masks
 from .images import MAX_PIXELS, TooManyPixels, load_image, needs_turning, open_capped
 from .masks import read_mask, distinct_values, too_many_values
 from .masks import mask_convention, one_kind, parse_mask_value
+from .masks import class_convention, format_colors, parse_colors
 from .pairs import IMAGE_EXTS, SPLITS, find_pairs, rel_name
 
 # %% auto #0
@@ -50,7 +51,7 @@ def _too_big(rel:str, e:TooManyPixels, size:int) -> str:
             f"mask to the same size, first; training resizes both to {size}×{size} anyway")
 
 # %% ../nbs/21_own_data.ipynb #e4279c9f
-def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
+def _read_pair(img_path, mask_path, size:int, ignore, r, classes:int=2, colors:dict=None) -> dict:
     "One pair at `size`: image uint8 (S, S, 3), mask values and codes (S, S), its kind and notes; or `problems`."
     out, problems = dict(notes=[]), []
     try:
@@ -61,7 +62,8 @@ def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
     except TooManyPixels as e: image = None; problems.append(_too_big(r(img_path), e, size))
     except (OSError, ValueError, SyntaxError) as e:
         image = None; problems.append(f"{r(img_path)}: unreadable image ({_why(e)}); replace it with a whole copy, or delete it and its mask")
-    try: raw, out['kind'] = read_mask(mask_path)
+    binary = classes == 2 and colors is None                               # else classes: a palette PNG's indices, without a table
+    try: raw, out['kind'] = read_mask(mask_path, palette=classes > 2 and colors is None)
     except TooManyPixels as e: raw = None; problems.append(_too_big(r(mask_path), e, size))
     except (OSError, ValueError, SyntaxError) as e:
         raw = None; problems.append(f"{r(mask_path)}: unreadable mask ({_why(e)}); replace it with a whole copy, or delete it and its image")
@@ -72,8 +74,8 @@ def _read_pair(img_path, mask_path, size:int, ignore, r) -> dict:
         problems.append(f"{r(mask_path)}: {raw.shape[1]}×{raw.shape[0]} pixels, but its image {r(img_path)} is "
                         f"{out['hw'][1]}×{out['hw'][0]}{hint}")
     if raw is not None and not problems:
-        out['vals'], codes = distinct_values(raw)
-        if len([v for v in out['vals'] if v != ignore]) > 2: problems.append(too_many_values(r(mask_path), out['vals'], out['kind'], ignore))
+        out['vals'], codes = distinct_values(raw)                          # classes: over 255 values is always too many
+        if len([v for v in out['vals'] if v != ignore]) > (2 if binary else 255): problems.append(too_many_values(r(mask_path), out['vals'], out['kind'], ignore, classes))
         else:
             out['codes'] = np.asarray(Image.fromarray(codes.astype(np.uint8)).resize((size, size), Image.NEAREST))
             out['image'] = np.asarray(image.resize((size, size), Image.BILINEAR))   # as `predict` squashes a photo
@@ -102,31 +104,44 @@ class FolderData:
     names: dict       # {'train': [...], 'valid': [...], 'test': [...]}
     files: dict       # {name: (image file, mask file)}
     images: dict      # {split: uint8 (N, 3, S, S)}
-    masks: dict       # {split: uint8 (N, 1, S, S)}: 0 background, 1 foreground, 255 ignored
+    masks: dict       # {split: uint8 (N, 1, S, S)}: 0 background, 1 foreground (or classes 0..C-1), 255 ignored
     convention: str   # how the mask values were read, e.g. 'masks use 0/255: treating 255 as foreground'
     notes: list       # the layout, the split, the conversions
     digests: dict = None  # {name: sha256 of its image's bytes and its mask's}: the contents, for `data_fingerprint`
+    classes: int = 2  # 2: binary; C >= 3: masks of classes 0..C-1
+    colors: str = None  # the colour table the masks were read with, '#000000=0,#ff0000=1', or None
     @property
     def pos_weight(self) -> float:
         "Background pixels / foreground pixels of the training masks: the weight that balances BCE (lesson 06)."
+        if self.classes > 2: raise ValueError(f"pos_weight is for two classes; these masks hold {self.classes}: weigh them by class (lesson 22)")
         return pos_weight_from_masks(self.masks['train'])
     def __repr__(self):
+        head = [f"{self.root}: " + ', '.join(f'{len(v)} {k}' for k, v in self.names.items() if v), self.convention, *self.notes]
+        if self.classes > 2:
+            m = self.masks['train']; n = torch.bincount(m[m != IGNORE_INDEX].long(), minlength=self.classes).tolist()
+            return '\n  '.join(head + ['classes: ' + ', '.join(f'{k} {c / max(1, sum(n)):.1%}' for k, c in enumerate(n))
+                                       + ' of the training pixels'])
         fg = 1 / (1 + self.pos_weight)
         rare = '; few: weighted BCE (experiment 1) weighs them up, Dice (experiment 2) is the other choice' if fg < 0.05 else ''
-        return '\n  '.join([f"{self.root}: " + ', '.join(f'{len(v)} {k}' for k, v in self.names.items() if v), self.convention,
-                            *self.notes, f"foreground: {fg:.1%} of the training pixels (pos_weight {self.pos_weight:.2f}){rare}"])
+        return '\n  '.join(head + [f"foreground: {fg:.1%} of the training pixels (pos_weight {self.pos_weight:.2f}){rare}"])
 
 # %% ../nbs/21_own_data.ipynb #1e7bc1b6
-def _convention(read:dict, ignore, foreground) -> tuple:
-    "(background, foreground, in words, problems) of the masks in `read` ({name: `_read_pair` result}), written in one kind."
+def _convention(read:dict, ignore, foreground, classes:int=2, colors:dict=None) -> tuple:
+    "(to_class, in words, problems) of the masks in `read` ({name: `_read_pair` result}): `to_class(values, kind)` maps them to 0/1/255 (or classes)."
     good = {n: d for n, d in read.items() if not d['problems']}
-    if not good: return None, None, '', []
+    if not good: return None, '', []
+    if classes > 2 or colors is not None:   # lesson 19's classes: indices, palette indices or a colour table
+        return class_convention({d['mask']: (d['vals'], d['kind']) for d in good.values()}, classes, colors, ignore)
     kind, vals = one_kind({n: (d['vals'], d['kind']) for n, d in good.items()})
-    for n, v in vals.items(): good[n]['vals'] = v                    # what `_tensors` compares with the foreground
+    for n, v in vals.items(): good[n]['vals'] = v                    # what `to_class` compares with the foreground
     values = {d['mask']: set(d['vals'].tolist()) - {ignore} for d in good.values()}
-    return mask_convention(values, kind, foreground)
+    _, fg, words, problems = mask_convention(values, kind, foreground)
+    every = set().union(*values.values()) - ({IGNORE_INDEX} if kind == 'grey' else set())   # masks that disagree: classes?
+    n = (max(every, default=0) + 1) * (max(every, default=0) < 16) if kind == 'grey' else len(every) * (kind == 'colour' and len(every) <= 8)
+    if problems and n > 2: problems = [f"{p}; or, if each value is a class, pass classes={n}" for p in problems]
+    return lambda v, kind: np.select([v == fg, v == ignore], [1, IGNORE_INDEX], 0).astype(np.uint8), words, problems
 
-def _read_checked(root:Path, size:int, ignore, foreground) -> tuple:
+def _read_checked(root:Path, size:int, ignore, foreground, classes:int=2, colors:dict=None) -> tuple:
     "Step 1 of `read_folder`: find and read every pair, decide the convention; one `FolderError` with every problem."
     found, problems, layout = find_pairs(root)
     files = {n: (img, m) for ps in found.values() for n, img, m in ps}
@@ -134,11 +149,11 @@ def _read_checked(root:Path, size:int, ignore, foreground) -> tuple:
         raise FolderError(root, ["no pairs listed: add a line image,mask (paths relative to the CSV file) under the header"]
                           if root.suffix.lower() == '.csv' else [f"no image found (looked for {', '.join(IMAGE_EXTS)} files)"])
     r = lambda p: rel_name(p, root.parent if root.is_file() else root)
-    read = {n: dict(_read_pair(img, m, size, ignore, r), mask=r(m)) for n, (img, m) in files.items()}
+    read = {n: dict(_read_pair(img, m, size, ignore, r, classes, colors), mask=r(m)) for n, (img, m) in files.items()}
     problems += [p for d in read.values() for p in d['problems']]
-    _, fg, convention, more = _convention(read, ignore, foreground)
+    to_class, convention, more = _convention(read, ignore, foreground, classes, colors)
     if problems or more: raise FolderError(root, problems + more)
-    return found, layout, files, read, fg, convention
+    return found, layout, files, read, to_class, convention
 
 # %% ../nbs/21_own_data.ipynb #2f541a6a
 def _splits(found:dict, valid_pct, test_pct, seed) -> tuple[dict, str]:
@@ -162,12 +177,11 @@ def _split_names(root:Path, found:dict, valid_pct, test_pct, seed) -> tuple[dict
     return names, how
 
 # %% ../nbs/21_own_data.ipynb #fb864e15
-def _tensors(read:dict, names:list, size:int, fg, ignore) -> tuple:
-    "Images uint8 (N, 3, S, S) and masks uint8 (N, 1, S, S) of `names`: foreground 1, the `ignore` value 255, the rest 0."
+def _tensors(read:dict, names:list, size:int, to_class) -> tuple:
+    "Images uint8 (N, 3, S, S) and masks uint8 (N, 1, S, S) of `names`, each mask's values mapped by `to_class` (`_convention`'s)."
     if not names: return torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, 1, size, size, dtype=torch.uint8)
-    lut = lambda v: np.select([v == fg, v == ignore], [1, IGNORE_INDEX], 0).astype(np.uint8)   # a mask's values -> 0/1/255
     images = np.stack([read[n]['image'] for n in names])                          # (N, S, S, 3)
-    masks = np.stack([lut(read[n]['vals'])[read[n]['codes']] for n in names])     # (N, S, S)
+    masks = np.stack([to_class(read[n]['vals'], read[n]['kind'])[read[n]['codes']] for n in names])   # (N, S, S): 0/1/255 or classes
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
 
 def _conversions(read:dict, size:int) -> str:
@@ -195,20 +209,27 @@ def read_folder(root, # a folder with images/ and masks/, train/ valid/ [test/] 
                 valid_pct:float=0.2, test_pct:float=0., seed:int=42, # the seeded split, where the folder is not split already
                 ignore:int=None, # a mask value to leave out of training and scoring (e.g. an "unsure" band); None: none
                 foreground=None, # the mask value of the objects; None: the larger of the two
+                classes:int=2, # 2: binary, the masks' two values; 3 or more: masks of class indices 0..C-1 (a palette PNG's index), 255 ignored
+                colors=None, # a colour table {'#rrggbb': class}, '#000000=0,#ff0000=1' or a JSON file: colour masks' classes (255: ignored)
                ) -> FolderData:
     "Read every pair of `root` at `size`, check them all, and return them by split; a `FolderError` lists every problem at once."
-    size, root = train_size(size, depth), Path(root)
+    size, root, table = train_size(size, depth), Path(root), parse_colors(colors, classes)
     ignore, foreground = parse_mask_value(ignore, 'ignore'), parse_mask_value(foreground, 'foreground')
-    found, layout, files, read, fg, convention = _read_checked(root, size, ignore, foreground)
+    if foreground is not None and (classes > 2 or table):
+        raise BadInput("foreground= picks the object of two mask values; with classes= above 2 or colors=, the classes say it: leave it out")
+    found, layout, files, read, to_class, convention = _read_checked(root, size, ignore, foreground, classes, table)
     names, how = _split_names(root, found, valid_pct, test_pct, seed)
-    stacked = {s: _tensors(read, names[s], size, fg, ignore) for s in SPLITS}
+    stacked = {s: _tensors(read, names[s], size, to_class) for s in SPLITS}
     images, masks = {s: t[0] for s, t in stacked.items()}, {s: t[1] for s, t in stacked.items()}
-    if not (masks['train'] == 1).any(): raise FolderError(root, ["no mask of the training split marks any foreground"])
+    held = set(masks['train'].unique().tolist()) - {IGNORE_INDEX}
+    if classes == 2 and 1 not in held: raise FolderError(root, ["no mask of the training split marks any foreground"])
+    if classes > 2 and len(held) < 2: raise FolderError(root, [f"the training masks hold the one class {min(held, default='(none: all ignored)')}: "
+                                                             "a model learns nothing from one class; give the training split masks of two or more"])
     notes = [f"{len(files)} pairs from {layout}, {how}", _conversions(read, size)]
     if not names['test']: notes.append("no test split: the final scores are on the validation images")
     if ignore is not None: convention += f"; {ignore} is ignored (left out of the loss and the scores)"
     digests = {n: _digest(img) + _digest(m) for n, (img, m) in files.items()}   # what `unet-train` locks its --out to
-    return FolderData(root, names, files, images, masks, convention, notes, digests)
+    return FolderData(root, names, files, images, masks, convention, notes, digests, classes, table and format_colors(table))
 
 # %% ../nbs/21_own_data.ipynb #d55d862a
 def folder_dls(data, # a `FolderData`, or a folder or CSV file for `read_folder`
@@ -217,7 +238,7 @@ def folder_dls(data, # a `FolderData`, or a folder or CSV file for `read_folder`
                augment:bool=True, # flips and scale/crop for the train loader
                on_device:bool=True, # hold the tensors on `device` (and augment there) or keep them on the CPU
                seed:int=42, # shuffling and augmentation (the `Trainer` reseeds it with its own seed)
-               **kwargs, # passed to `read_folder` when `data` is a path: size, depth, valid_pct, test_pct, ignore, foreground
+               **kwargs, # passed to `read_folder` when `data` is a path: size, depth, valid_pct, test_pct, ignore, foreground, classes, colors
               ) -> DataLoaders:
     "The train, valid and test loaders of a folder of your own, as `get_dls` makes them for the pets; `.data` is the `FolderData`."
     data = data if isinstance(data, FolderData) else read_folder(data, seed=seed, **kwargs)

@@ -219,7 +219,7 @@ def _split_masks(k, tri, border, src):
 # %% ../nbs/03_loaders.ipynb #c022fc67
 def get_dls(root, # a folder holding `oxford-iiit-pet/`
             size=128, batch_size=32,
-            border='background', # what the trimap border becomes: 'background' | 'pet' | 'ignore'
+            border='background', # what the trimap border becomes: 'background' | 'pet' | 'ignore' | 'class' (lesson 01's `BORDERS`)
             valid_pct=0.2, seed=42, # the stratified split of trainval (the seed also drives shuffling and augmentation)
             device=None, # default: `default_device()`
             per_split=None, # at most this many items of each split (seeded subset), for tests and quick looks

@@ -4,25 +4,29 @@
 
 # %% ../nbs/19_masks.ipynb #14d44bb8
 from __future__ import annotations
+import json, re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .core import BadInput
+from .core import BadInput, IGNORE_INDEX
 from .images import open_capped, upright
 
 # %% auto #0
 __all__ = ['read_mask', 'Colour', 'fmt_value', 'parse_mask_value', 'distinct_values', 'too_many_values', 'mask_convention',
-           'one_kind']
+           'one_kind', 'parse_colors', 'format_colors', 'class_convention']
 
 # %% ../nbs/19_masks.ipynb #124a2183
 def read_mask(path, # a mask file: PNG (greyscale, palette, colour, 16-bit), TIFF, BMP, ...
+              palette:bool=False, # a palette PNG as its palette indices, kind 'palette' (the classes of a multi-class mask); False: by its colours
              ) -> tuple[np.ndarray, str]:
-    "The mask in `path` upright (EXIF applied), as an (H, W) array of its raw values, and its kind: 'grey', 'colour' or '16-bit'."
+    "The mask in `path` upright (EXIF applied), as an (H, W) array of its raw values, and its kind: 'grey', 'colour', '16-bit' (or 'palette')."
     with open_capped(path) as im:
         im.load()
         im = upright(im)   # lesson 16: the one EXIF path
+        if palette and im.mode == 'P': return np.asarray(im, np.uint8), 'palette'   # the index is the class, whatever its colour
         if im.mode in ('RGBA', 'LA', 'PA') or im.mode == 'P' and 'transparency' in im.info:   # transparent: background, laid on black
             im = Image.alpha_composite(Image.new('RGBA', im.size, 'black'), im.convert('RGBA'))
         if im.mode in ('L', '1'): return np.asarray(im, np.uint8), 'grey'
@@ -61,18 +65,30 @@ def distinct_values(raw:np.ndarray, # a mask's raw values, as `read_mask` return
         return vals, lut[raw]
     vals, inv = np.unique(raw, return_inverse=True); return vals, inv.reshape(raw.shape)
 
+def _why_many(rel_mask:str) -> str:
+    "The likely cause of a mask with too many values, and its fix."
+    return ('JPEG compression blurs edges into many values: save masks as PNG' if rel_mask.lower().endswith(('.jpg', '.jpeg'))
+            else 'smoothed (anti-aliased) edges or a resize that interpolates make in-between values: draw without '
+                 'smoothing and resize masks with nearest neighbour')
+
+# %% ../nbs/19_masks.ipynb #112a8220
 def too_many_values(rel_mask:str, # the mask file, as messages name it
                     vals, # its distinct values
                     kind:str, # its kind: how to write the values
                     ignore=None, # the ignored value, if any
+                    classes:int=2, # the classes a mask may hold: two values, or at most `classes`
                    ) -> str:
-    "The problem of a mask with more than two values (besides `ignore`), with the likely cause."
+    "The problem of a mask with more values than it may hold (besides `ignore`), with the likely cause."
     shown = ', '.join(fmt_value(v, kind) for v in vals[:6]) + (', ...' if len(vals) > 6 else '')
-    why = ('JPEG compression blurs edges into many values: save masks as PNG' if rel_mask.lower().endswith(('.jpg', '.jpeg'))
-           else 'smoothed (anti-aliased) edges or a resize that interpolates make in-between values: draw without '
-                'smoothing and resize masks with nearest neighbour')
-    return (f"{rel_mask}: {len(vals)} values ({shown}); a mask holds two, background and foreground"
-            f"{f' (and {ignore}, ignored)' if ignore is not None else ''}; {why}")
+    idx = [int(v) for v in vals if v != ignore and (kind == 'colour' or v != 255)]   # 255: ignored in masks of classes
+    why = _why_many(rel_mask)
+    if classes == 2 and not why.startswith('JPEG') and kind == 'grey' and max(idx) < 16:   # 0, 1, 2...: class indices?
+        why = f"if each value is a class, pass classes={max(idx) + 1}"
+    elif classes == 2 and not why.startswith('JPEG') and kind == 'colour' and len(idx) <= 8:
+        why = (f"if each colour is a class, pass classes={len(idx)} (palette PNGs: the palette index is the class), with "
+               "colors= giving each colour's class for RGB masks")
+    holds = 'two, background and foreground' if classes == 2 else f'at most {classes}, one value a class'
+    return f"{rel_mask}: {len(vals)} values ({shown}); a mask holds {holds}{f' (and {ignore}, ignored)' if ignore is not None else ''}; {why}"
 
 # %% ../nbs/19_masks.ipynb #f1fd69d9
 def _vals(v, kind:str) -> str: return '/'.join(fmt_value(x, kind) for x in sorted(v))   # a set of mask values, e.g. '0/255'
@@ -110,3 +126,109 @@ def one_kind(masks:dict, # {name: (its distinct values, its kind)} of masks read
     kind = kinds.pop() if len(kinds) == 1 else 'colour' if 'colour' in kinds else 'grey'
     if kind != 'colour': return kind, {n: v for n, (v, _) in masks.items()}
     return kind, {n: v.astype(np.int64) * 0x010101 if k == 'grey' else v for n, (v, k) in masks.items()}
+
+# %% ../nbs/19_masks.ipynb #12094203
+def _shown(vals, kind:str='grey', most:int=6) -> str:
+    "A few values for a message, e.g. '4, 7, 9, ...', or colours '#ff0000, #00ff00'."
+    return ', '.join(fmt_value(v, kind) for v in vals[:most]) + (', ...' if len(vals) > most else '')
+
+def _colour_class(c, k, classes:int) -> tuple[int, int]:
+    "One entry of a colour table, '#rrggbb' and its class, as (0xRRGGBB, class); a `BadInput` saying what is wrong with it."
+    if k is None: raise BadInput(f"colors: {c.strip()!r} is not COLOUR=CLASS: write e.g. colors='#000000=0,#ff0000=1'")
+    c = str(c).strip()
+    if not re.fullmatch(r'#[0-9a-fA-F]{6}', c): raise BadInput(f"colors: {c!r} is not a colour: write colours #rrggbb, e.g. #ff0000")
+    try: k = int(str(k).strip())
+    except ValueError: raise BadInput(f"colors: {c}={str(k).strip()}: a class is a number, 0 to {classes - 1} (or 255: ignored)") from None
+    if not (0 <= k < classes or k == IGNORE_INDEX):
+        raise BadInput(f"colors: {c}={k}: class {k} is not one of 0-{classes - 1} (classes={classes}) nor 255 (ignored): pass "
+                       f"classes={k + 1} if there are {k + 1} classes" if k > 0 else f"colors: {c}={k}: a class is 0 or more")
+    return int(c[1:], 16), k
+
+# %% ../nbs/19_masks.ipynb #f1834088
+def parse_colors(colors, # None; {'#rrggbb': class}; '#000000=0,#ff0000=1'; or a JSON file of such a dict
+                 classes:int=2, # the number of classes: 2 (binary) to 255 (checked even when `colors` is None)
+                ) -> dict|None:
+    "The colour table {0xRRGGBB: class} of `colors` (None for None), each class given a colour; a `BadInput` naming `colors=` or `classes=`."
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= 255:
+        raise BadInput(f"classes={classes!r}: give the number of classes, 2 (binary, the default) to 255")
+    if colors is None: return None
+    if isinstance(colors, Path) or isinstance(colors, str) and colors.strip() and '=' not in colors:   # a JSON file {"#000000": 0}
+        try: colors = json.loads(Path(colors).read_text(encoding='utf-8'))
+        except (OSError, ValueError) as e:
+            raise BadInput(f"colors={str(colors)!r} is neither COLOUR=CLASS,... nor a readable JSON file ({e}): write e.g. "
+                           "colors='#000000=0,#ff0000=1'") from None
+        if not isinstance(colors, dict): raise BadInput('colors: the JSON file must hold one object, e.g. {"#000000": 0, "#ff0000": 1}')
+    items = colors.items() if isinstance(colors, dict) else [(*e.split('=', 1),) if '=' in e else (e, None) for e in colors.split(',') if e.strip()]
+    table = {}
+    for c, k in items:
+        v, k = _colour_class(c, k, classes)
+        if table.get(v, k) != k: raise BadInput(f"colors: {fmt_value(v, 'colour')} is given twice, as {table[v]} and {k}: give a colour one class")
+        table[v] = k
+    if missing := sorted(set(range(classes)) - set(table.values())):
+        raise BadInput(f"colors: no colour for class {', '.join(map(str, missing))} of the {classes} (classes={classes}): give each "
+                       f"class its colour, or pass the number of classes the colours stand for")
+    return table
+
+# %% ../nbs/19_masks.ipynb #2301edca
+def format_colors(table:dict, # a colour table {0xRRGGBB: class}, as `parse_colors` returns it
+                 ) -> str:
+    "The table written as `parse_colors` reads it, by class: '#000000=0,#ff0000=1'."
+    return ','.join(f"{fmt_value(c, 'colour')}={k}" for c, k in sorted(table.items(), key=lambda t: (t[1], t[0])))
+
+def _no_table(masks:dict, colour:list, classes:int) -> list:
+    "The problems of the colour masks `colour` read with no colour table, with a table made of their colours (greys first) to start from."
+    many = [f"{n}: {len(v)} colours, more than the {classes} classes: {_why_many(n)}" for n in colour if len(v := masks[n][0]) > classes]
+    if not (rest := [n for n in colour if len(masks[n][0]) <= classes]): return many   # only masks of too many colours
+    grey_first = lambda c: (len({c >> 16, c >> 8 & 255, c & 255}) > 1, c)
+    cs = sorted(set().union(*(masks[n][0].tolist() for n in rest)), key=grey_first)
+    table = ','.join(f"{fmt_value(c, 'colour')}={i}" for i, c in enumerate(cs[:classes]))
+    who = rest[0] if len(rest) == 1 else f"{rest[0]} and {len(rest) - 1} other mask{'s' * (len(rest) > 2)}"
+    return many + [f"{who}: colour masks ({len(cs)} colours: {_shown(cs, 'colour')}) and no colour table: give each colour its class "
+                   f"with colors=, e.g. colors='{table}' with each number changed to that colour's class (this order is only a guess), "
+                   "or save the masks as palette PNGs (the palette index is the class)"]
+
+# %% ../nbs/19_masks.ipynb #4edfc241
+def _by_table(masks:dict, classes:int, colors:dict, ignore) -> tuple:
+    "`class_convention` for masks read by their colours, with a colour table."
+    ig = {} if ignore is None else {int(ignore) if isinstance(ignore, Colour) else int(ignore) * 0x010101: IGNORE_INDEX}  # a grey as a colour
+    table, seen = {**colors, **ig}, set()
+    as_colour = lambda v, kind: v.astype(np.int64) * 0x010101 if kind == 'grey' else v      # a grey mask's values as colours
+    problems = [f"{n}: 16-bit values, not colours: colors= reads colour (or palette) masks; leave it out for masks of class indices"
+                for n, (_, k) in masks.items() if k == '16-bit']
+    for n, (v, k) in masks.items():
+        if k == '16-bit': continue
+        cs = as_colour(v, k).tolist(); seen |= set(cs)
+        if unknown := [c for c in cs if c not in table]:
+            why = (f"{len(cs)} colours, more than the {classes} classes: {_why_many(n)}" if len(cs) > classes else
+                   "add each to colors= with its class (255: ignored), or repaint them")
+            problems.append(f"{n}: {'colour' if len(unknown) == 1 else 'colours'} {_shown(unknown, 'colour')} not in colors=; {why}")
+    words = f"colour masks, by the table {format_colors(colors)} ({classes} classes)"
+    if unused := sorted(c for c in colors if c not in seen): words += f"; no mask holds {_shown(unused, 'colour')}"
+    lut = lambda v, kind: np.array([table.get(c, IGNORE_INDEX) for c in as_colour(v, kind).tolist()], np.uint8)
+    return lut, words, problems
+
+# %% ../nbs/19_masks.ipynb #f274494d
+def class_convention(masks:dict, # {mask name: (its distinct values, its kind)} (`read_mask` with palette=True when there is no table)
+                     classes:int, # the number of classes C: the values (or the table's classes) are 0..C-1, 255 ignored
+                     colors:dict=None, # a colour table from `parse_colors`; None: the masks hold class indices
+                     ignore=None, # one more value (or colour) to ignore
+                    ) -> tuple:
+    "(to_class, the convention in words, [problem]): `to_class(values, kind)` gives a mask's values' classes, uint8 (255 ignored)."
+    if colors is not None: return _by_table(masks, classes, colors, ignore)
+    skip, colour = {IGNORE_INDEX, ignore} - {None}, [n for n, (_, k) in masks.items() if k == 'colour']
+    idx = {n: set(v.tolist()) - skip for n, (v, k) in masks.items() if k != 'colour'}
+    junk = lambda n, v: n.lower().endswith(('.jpg', '.jpeg')) or len(v) > max(classes, 64)   # blurred, not classes
+    found = set().union(*idx.values()); top = max((max(v, default=0) for n, v in idx.items() if not junk(n, v)), default=0) + 1
+    fix = lambda n, v: _why_many(n) if junk(n, v) or top > IGNORE_INDEX else f"pass classes={top} if each value is a class"
+    problems = [f"{n}: {f'value {bad[0]} is not a class' if len(bad) == 1 else f'values {_shown(bad)} are not classes'} "
+                f"(classes={classes}: 0-{classes - 1}, and 255 ignored): {fix(n, v)}" for n, v in idx.items() if (bad := sorted(x for x in v if x >= classes))]
+    if colour: problems += _no_table(masks, colour, classes)
+    if len(found) == 1 and not problems:
+        problems.append(f"every mask holds the one class {min(found)} (255 is ignored): nothing to tell apart; for masks of one "
+                        "object, e.g. 0/255, leave classes at 2")
+    pal = all(k == 'palette' for _, k in masks.values())
+    words = (f"palette masks: palette index = class ({classes} classes)" if pal else f"masks hold {len(found)} values"
+             + (f" ({_vals(found, 'grey')})" if found != set(range(classes)) else '') + f": treating them as classes 0-{classes - 1}")
+    if absent := sorted(set(range(classes)) - found): words += f"; no mask holds class {', '.join(map(str, absent))}"
+    if any(IGNORE_INDEX in v for v, _ in masks.values()): words += "; 255 is ignored (left out of the loss and the scores)"
+    return lambda v, kind: np.where(np.isin(v, list(skip)), IGNORE_INDEX, v).astype(np.uint8), words, problems

@@ -59,8 +59,8 @@ def config_options(parser, # an `argparse.ArgumentParser`
         add_option(parser, k, type=t, default=None, help=(FIELD_DOCS[k] + (f' ({note})' if note else '')).replace('%', '%%'))
 
 # %% ../nbs/A1_options.ipynb #4553cfc1
-COMPARE_FIELDS = ('epochs', 'minutes', 'size', 'width', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'limit', 'device')   # `RunConfig` fields that are options of unet-compare
-TRAIN_FIELDS = ('epochs', 'minutes', 'size', 'width', 'depth', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'seed', 'device')   # ... and of unet-train
+COMPARE_FIELDS = ('epochs', 'minutes', 'size', 'width', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'limit', 'classes', 'device')   # `RunConfig` fields that are options of unet-compare
+TRAIN_FIELDS = ('epochs', 'minutes', 'size', 'width', 'depth', 'batch_size', 'lr', 'schedule', 'progressive', 'amp', 'seed', 'classes', 'device')   # ... and of unet-train
 SEED_MAX = 2**32 - 1   # NumPy's largest seed
 
 # %% ../nbs/A1_options.ipynb #e2dc901a

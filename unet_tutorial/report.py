@@ -94,7 +94,8 @@ PAIRS = [("Dice vs BCE", 1, 2, "same max pooling and transposed convolution; onl
          ("Max pooling vs strided convolution", 1, 3, "both weighted BCE with transposed convolution; only the "
           "downsampling differs"),
          ("Transposed convolution vs upsampling", 3, 4, "confounded: experiment 4 also trains with Dice instead of "
-          "BCE, so a difference cannot be put on the upsampling alone")]
+          "BCE, so a difference cannot be put on the upsampling alone"),
+         ("What the skip connections buy", 5, 1, "experiment 5 is experiment 1 without its skip connections; nothing else differs")]
 
 def _verdict(a, b, ious=None, level=0.95):
     "The test IoU difference b - a, its Welch interval over seeds and (given per-image IoUs) its bootstrap interval."
@@ -241,7 +242,7 @@ def save_figures(cmp, folder, prefix:str='', dpi:int=90):
     "Save the comparison's figures as small PNGs in `folder` (predictions only where checkpoints are on disk)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); paths = []
     figs = [('curves', plot_curves), ('predictions', show_predictions), ('errors', show_errors), ('iou', plot_iou_dist)]
-    if not predictions(cmp)[2]: figs = [figs[0], figs[3]]   # committed results without their checkpoints: no predictions
+    if not predictions(cmp)[2] or cmp.settings['config'].get('classes', 2) > 2: figs = [figs[0], figs[3]]   # no checkpoints, or C classes: no binary overlays
     for name, fig in ((k, f(cmp)) for k, f in figs):
         buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); plt.close(fig)
         paths.append(folder/f'{prefix}{name}.png'); atomic_save(buf.getvalue(), paths[-1])   # never half a PNG

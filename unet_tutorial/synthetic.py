@@ -11,7 +11,7 @@ import torch, torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['SYNTH_BREEDS', 'make_synthetic_pets', 'make_synthetic_folder']
+__all__ = ['SYNTH_BREEDS', 'SYNTH_PALETTE', 'make_synthetic_pets', 'make_synthetic_folder']
 
 # %% ../nbs/02_synthetic.ipynb #2b27b506
 SYNTH_BREEDS = {'Ginger': (0.9, 0.5, 0.15), 'Russian_Blue': (0.45, 0.5, 0.6), 'Siamese': (0.9, 0.85, 0.7),
@@ -70,18 +70,26 @@ def make_synthetic_pets(root, # folder to write `oxford-iiit-pet/` into
     return Path(root)
 
 # %% ../nbs/02_synthetic.ipynb #e40b1fa7
+SYNTH_PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+
 def make_synthetic_folder(root, # the folder to write images/ and masks/ into
                           n:int=32, # number of image and mask pairs
                           size:int=64, # side of the square images
                           seed:int=0, # the same seed, the same pets
-                          values=(0, 255), # the (background, foreground) values written in the masks
+                          values=(0, 255), # the (background, foreground) values written in two-class masks
                           ext:str='.jpg', # the images' file type (masks are always PNG)
+                          classes:int=2, # 2: pet and background; 3 to 7: background 0 and the pets in classes 1.. by breed
+                          palette:bool=False, # masks as palette PNGs, index = class, colours `SYNTH_PALETTE` (black background)
                          ) -> Path:
     "Write `n` synthetic pets as a folder of your own data: `images/pet_000.jpg`, ... and `masks/pet_000.png`, ..."
+    if not 2 <= classes <= len(SYNTH_PALETTE): raise ValueError(f"classes={classes}: the synthetic pets have 2 to {len(SYNTH_PALETTE)}")
     root = Path(root); (root/'images').mkdir(parents=True, exist_ok=True); (root/'masks').mkdir(exist_ok=True)
-    imgs, tris, _ = _synth_arrays(n, size, seed)              # (n, S, S, 3), trimaps (n, S, S): 1 pet, 2 bg, 3 border
-    lut = np.array([values[0], values[1], values[0], values[0]], np.uint8)   # the pet is foreground, the rest background
+    imgs, tris, k = _synth_arrays(n, size, seed)              # (n, S, S, 3), trimaps (n, S, S): 1 pet, 2 bg, 3 border
+    fg, bg = (1, 0) if palette or classes > 2 else (values[1], values[0])   # palette and classes: indices
     for i in range(n):
+        cls = 1 + int(k[i]) % (classes - 1) if classes > 2 else fg          # breeds 0, 3 / 1, 4 / 2, 5: classes 1 / 2 / 3
+        mask = Image.fromarray(np.where(tris[i] == 1, cls, bg).astype(np.uint8))   # the pet is its class, the rest background
+        if palette: mask.putpalette([c for rgb in SYNTH_PALETTE[:classes] for c in rgb])
         Image.fromarray(imgs[i]).save(root/'images'/f'pet_{i:03d}{ext}')
-        Image.fromarray(lut[tris[i]]).save(root/'masks'/f'pet_{i:03d}.png')
+        mask.save(root/'masks'/f'pet_{i:03d}.png')
     return root

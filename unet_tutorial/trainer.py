@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math, signal, time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import torch, torch.nn as nn
@@ -18,15 +19,15 @@ from .losses import SegMetrics
 from .config import RunConfig, sched_factor
 from .callbacks import default_cbs, halve, schedule_pct, signals_to
 
+_MONITORS = ('iou', 'dice', 'mean_image_iou', 'pixel_accuracy', 'loss', 'valid_loss')   # what may pick best.pt
+
 # %% auto #0
 __all__ = ['Trainer']
 
 # %% ../nbs/10_trainer.ipynb #5552b214
-_MONITORS = ('iou', 'dice', 'mean_image_iou', 'pixel_accuracy', 'loss', 'valid_loss')
-
 class Trainer:
     "Train a segmentation model with AMP, device-side metrics, atomic checkpoints, exact resume and callbacks."
-    def __init__(self, model:nn.Module, # returns logits (B, 1, H, W); `model.config` lets a checkpoint rebuild it
+    def __init__(self, model:nn.Module, # returns logits (B, C, H, W), C = 1 (binary) or one per class; `model.config` lets a checkpoint rebuild it
                  loss_fn:nn.Module,     # (logits, mask) -> scalar, computed in fp32
                  dls,                   # `get_dls` result: `.train` and `.valid` yield (images, masks)
                  cfg:RunConfig|None=None, # the run: lr, schedule, amp, channels_last, seed, device, epochs; None: `RunConfig()`
@@ -37,7 +38,8 @@ class Trainer:
                  deterministic:bool=False, # deterministic kernels, for bit-exact repeats (slower on a GPU)
                  cbs=None,              # `Callback`s; None: a `ProgressCB`; () for none (lesson 08's `default_cbs` adds two)
                  threads:int|None=None, # CPU threads; None: a count set with `torch.set_num_threads` is kept, else timed (`ThreadChoice`)
-                 device=None):          # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
+                 device=None,           # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
+                 metrics=None):         # the validation metrics; None: `SegMetrics()` (binary); more classes: lesson 22's `ClassMetrics`
         self.cfg = cfg = RunConfig() if cfg is None else cfg
         store_attr('model,loss_fn,clip,monitor,deterministic')
         self.dls = dls = limit_train(dls, cfg.limit)   # a run's `limit` counts training images, whoever built the loaders
@@ -45,7 +47,7 @@ class Trainer:
         set_seed(cfg.seed, deterministic); seed_loader(dls.train, cfg.seed)
         self._make_optimizer(self._place(device))   # the device, AMP policy and memory format (the model moved); Adam, GradScaler
         self.fwd = torch.compile(self.model) if compile else self.model
-        self.metrics, self.out_dir = SegMetrics(), None if out_dir is None else Path(out_dir)
+        self.metrics, self.out_dir = SegMetrics() if metrics is None else metrics, None if out_dir is None else Path(out_dir)
         self.cbs = default_cbs(cbs, cfg, self.device, threads, deterministic)   # with a ThreadChoice, a TimeBudget (lesson 08)
         self.epoch, self.step, self.history, self.best, self.plan = 0, 0, [], None, None  # the run's state, saved in checkpoints
         self.wrote, self.thread_choice = False, None  # whether it wrote to out_dir (fit refuses another run's); `ThreadChoice`'s
@@ -115,13 +117,13 @@ def _set_lr(self:Trainer):
 @patch
 @torch.no_grad()
 def evaluate(self:Trainer, dl=None): # batches of (images, masks); default `dls.valid`
-    "Mean loss and `SegMetrics` over `dl`, accumulated on the device with a single host sync at the end."
+    "Mean loss and metrics (`SegMetrics`, or the trainer's `metrics`) over `dl`, accumulated on the device with a single host sync at the end."
     dl = self.dls.valid if dl is None else dl
     self.model.eval(); self.metrics.reset()
     total, n = torch.zeros((), device=self.device), 0
     for x, y in dl:
         x, y = self.to_device(x, y)
-        with self.autocast(): logits = self.fwd(x)  # (B, 1, H, W)
+        with self.autocast(): logits = self.fwd(x)  # (B, C, H, W)
         total += self.loss_fn(logits.float(), y) * len(x); n += len(x)
         self.metrics.update(logits, y)
     return dict(loss=(total / max(n, 1)).item(), **self.metrics.compute())
@@ -172,7 +174,7 @@ def settings(self:Trainer) -> dict:
 @patch
 def state_dict(self:Trainer) -> dict:
     "Everything needed to rebuild the model and continue the run exactly."
-    return dict(model=self.model.state_dict(), model_config=getattr(self.model, 'config', None), size=self.size,
+    return dict(model=self.model.state_dict(), model_config=getattr(self.model, 'config', None), config=asdict(self.cfg), size=self.size,
                 epoch=self.epoch, step=self.step, epochs=self.epochs, history=self.history, best=self.best, plan=self.plan,
                 monitor=self.monitor, trainer=self.settings, optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                 rng=get_rng_state(), data_rng=g.get_state() if (g := loader_generator(self.dls.train)) else None)

@@ -1,0 +1,123 @@
+"""What the border choice and augmentation buy (issue 22): Exp 1 trained with one setting changed, three seeds each,
+scored under every border convention, with Welch intervals over the seeds against the comparison's own Exp 1 runs.
+
+    python tools/variants.py train border_ignore border_pet noaug --data ../shared/data/pets128 --threads 1
+    python tools/variants.py score --data ../shared/data/pets128     # where the checkpoints are: every Exp 1 run
+    python tools/variants.py table                                   # results/variants.md and .json from the files
+
+`train` runs each variant as a comparison of Exp 1 (`run_comparison`, the FAST preset with the one field changed) into
+results/fast_<variant>/ and writes its report; the same command again skips finished runs and resumes the rest.
+`score` scores each Exp 1 run's best.pt (the base comparison's, results/fast, and every variant's) on the official test
+split under each border convention (the border as background, as pet, ignored) and writes border_scores.json beside
+its metrics.json: small files, committed. `table` needs only those committed files, no checkpoint.
+"""
+import argparse, json, sys
+from pathlib import Path
+from statistics import mean, stdev
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BASE = ROOT/'results'/'fast'           # the comparison (FAST preset): its Exp 1 runs are every variant's baseline
+VARIANTS = dict(border_ignore=dict(border='ignore'), border_pet=dict(border='pet'), noaug=dict(augment=False))
+CONVENTIONS = ('background', 'pet', 'ignore')   # lesson 01's BORDERS: what the border counts as
+EXP1 = 'maxpool_transpose_bce'
+SEEDS = (0, 1, 2)
+
+
+def folder(variant): return BASE if variant == 'base' else BASE.parent/f'fast_{variant}'
+
+
+def train(names, data, seeds, threads):
+    import torch
+    from unet_tutorial.config import FAST
+    from unet_tutorial.experiments import run_comparison
+    from unet_tutorial.report import write_results
+    if threads: torch.set_num_threads(threads)
+    for name in names:
+        cfg = FAST.replace(**VARIANTS[name])
+        cmp = run_comparison(data, folder(name), cfg, experiments=(1,), seeds=seeds, threads=threads)
+        write_results(cmp, title=f'Exp 1 with {VARIANTS[name]} (issue 22)')
+
+
+def score(data, threads):
+    "Every Exp 1 run's best.pt scored under each border convention: border_scores.json beside its metrics.json."
+    import torch
+    from unet_tutorial.config import FAST
+    from unet_tutorial.loaders import dls_for
+    from unet_tutorial.checkpoints import load_model, atomic_save
+    from unet_tutorial.experiments import evaluate_model
+    if threads: torch.set_num_threads(threads)
+    runs = [d for v in ('base', *VARIANTS) for d in sorted((folder(v)/EXP1).glob('seed*'))
+            if (d/'metrics.json').exists() and (d/'best.pt').exists() and not (d/'border_scores.json').exists()]
+    if not runs: return print('nothing to score: every finished Exp 1 run with a checkpoint has its border_scores.json')
+    tests = {c: dls_for(FAST.replace(border=c, device='cpu'), data).test for c in CONVENTIONS}
+    for d in runs:
+        model, _ = load_model(d/'best.pt', 'cpu')
+        scores = {c: evaluate_model(model, dl)[0] for c, dl in tests.items()}
+        atomic_save(dict(scores=scores, command='python tools/variants.py score'), d/'border_scores.json')
+        print(d.relative_to(ROOT), ' '.join(f"{c} {s['iou']:.4f}" for c, s in scores.items()))
+
+
+def _runs(variant):
+    "{seed: (metrics, border_scores or None)} of the variant's finished Exp 1 runs."
+    out = {}
+    for d in sorted((folder(variant)/EXP1).glob('seed*')):
+        if (d/'metrics.json').exists():
+            b = d/'border_scores.json'
+            out[int(d.name[4:])] = (json.loads((d/'metrics.json').read_text()),
+                                    json.loads(b.read_text())['scores'] if b.exists() else None)
+    return out
+
+
+def _ms(xs): return f"{mean(xs):.3f} ± {stdev(xs):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f} (1 seed)" if xs else 'not run')
+
+
+def _verdict(a, b):
+    from unet_tutorial.stats import welch
+    if min(len(a), len(b)) < 2: return f"not resolved: {len(a)} and {len(b)} seeds (Welch needs two a side)"
+    w = welch(a, b); lo, hi = w['ci']
+    return (f"{w['diff']:+.3f}, 95% CI over seeds [{lo:+.3f}, {hi:+.3f}] (Welch p = {w['p']:.3f}): "
+            f"{'resolved' if lo > 0 or hi < 0 else 'not resolved'} with {len(a)} and {len(b)} seeds")
+
+
+def table(out=ROOT/'results'):
+    "OUT/variants.md and OUT/variants.json from the committed files."
+    runs = {v: _runs(v) for v in ('base', *VARIANTS)}
+    iou = {v: [m['test']['iou'] for m, _ in r.values()] for v, r in runs.items()}
+    lines = ['# What the border choice and augmentation buy (Exp 1, FAST preset)', '',
+             'Each row: Exp 1 trained with one setting changed, seeds 0-2, test IoU on the official test split '
+             '(failed annotations left out). Generated by `python tools/variants.py table` from the runs\' files.', '',
+             '## Augmentation', '', '| training | test IoU (border as background) |', '|---|---|',
+             f"| with flips and zoom (the comparison's) | {_ms(iou['base'])} |", f"| without | {_ms(iou['noaug'])} |", '',
+             f"Without augmentation vs with: {_verdict(iou['base'], iou['noaug'])}.", '',
+             '## The border', '', 'Rows: what the border was trained as; columns: what it counts as when scored.', '',
+             '| trained as | ' + ' | '.join(f'scored as {c}' for c in CONVENTIONS) + ' |', '|---' * 4 + '|']
+    scored = {}
+    for v, trained in (('base', 'background'), ('border_pet', 'pet'), ('border_ignore', 'ignore')):
+        scored[trained] = {c: [s[c]['iou'] for _, s in runs[v].values() if s] for c in CONVENTIONS}
+        lines.append(f'| {trained} | ' + ' | '.join(_ms(scored[trained][c]) for c in CONVENTIONS) + ' |')
+    lines += ['']
+    for trained in ('pet', 'ignore'):
+        for c in CONVENTIONS:
+            lines.append(f"- Trained as {trained} vs as background, scored as {c}: "
+                         f"{_verdict(scored['background'][c], scored[trained][c])}.")
+    md = '\n'.join(lines) + '\n'
+    (Path(out)/'variants.md').write_text(md)
+    (Path(out)/'variants.json').write_text(json.dumps(dict(test_iou=iou, border=scored), indent=1) + '\n')
+    print(md)
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('what', choices=['train', 'score', 'table'])
+    p.add_argument('names', nargs='*', help=f'variants to train: {", ".join(VARIANTS)}')
+    p.add_argument('--data', default=str(ROOT.parent/'shared'/'data'/'pets128'))
+    p.add_argument('--seeds', default='0,1,2')
+    p.add_argument('--threads', type=int, default=None)
+    a = p.parse_args()
+    if a.what == 'train':
+        bad = [n for n in a.names if n not in VARIANTS]
+        if bad or not a.names: p.error(f'name one or more variants of {", ".join(VARIANTS)} (got {" ".join(a.names) or "none"})')
+        train(a.names, a.data, [int(s) for s in a.seeds.split(',')], a.threads)
+    elif a.what == 'score': score(a.data, a.threads)
+    else: table()
