@@ -4,10 +4,12 @@ Each test runs the installed console script (or `unet_compare()` through `python
 not this package's `unet_tutorial.cli` one) in a subprocess, as a user would, with the tensor cache in the test's temporary folder.
 """
 import json, os, re, signal, subprocess, sys, time
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
+from unet_tutorial.cli import unet_compare
 from unet_tutorial.config import QUICK
 
 NAMES = ['maxpool_transpose_bce', 'maxpool_transpose_dice', 'strided_transpose_bce', 'strided_upsample_dice']
@@ -273,3 +275,23 @@ def test_the_log_counts_epochs_in_words(tmp_path):
                        experiments=(1,), progress=False, log=lines.append)
         assert len(lines) == 2 and all(f', {said}' in l or f': {said} on ' in l for l in lines), lines   # the end line may go on (DEGENERATE)
         assert f'{said}s' not in ' '.join(lines), lines
+
+
+@pytest.mark.skipif(find_spec('tensorboard') is None, reason='tensorboard is not installed (pip install unet_tutorial[tensorboard])')
+def test_tensorboard_logs_each_run_in_its_own_folder(tmp_path):
+    "Issue 25: `--tensorboard DIR` writes each run's events into DIR/<name>/seed<N>, the scalars of its history."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out, tb = tmp_path/'out', tmp_path/'tb'
+    r = compare(tmp_path, '--quick', '--experiments', '1,2', '--epochs', '1', '--out', out, '--tensorboard', tb, *TINY)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(tb).as_posix() for p in tb.glob('*/*')) == ['maxpool_transpose_bce/seed0', 'maxpool_transpose_dice/seed0']
+    for name in ('maxpool_transpose_bce', 'maxpool_transpose_dice'):
+        ea = EventAccumulator(str(tb/name/'seed0')); ea.Reload()
+        assert [(e.step, e.value) for e in ea.Scalars('valid/iou')] == [(1, pytest.approx(history(out, name)[0]['iou'], abs=1e-6))]
+
+
+def test_tensorboard_without_the_package_is_a_message_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'tensorboard', None); monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)
+    assert unet_compare(['--quick', '--out', str(tmp_path/'out'), '--tensorboard', str(tmp_path/'tb')]) == 2
+    assert 'pip install tensorboard' in capsys.readouterr().err
+    assert not (tmp_path/'out').exists() and not (tmp_path/'tb').exists()

@@ -4,7 +4,8 @@ gloo, in real torchrun launches of two processes (tests/ddp_worker.py) on a tiny
 summed over the processes are one process's on the same weights; (c) a run stopped after an epoch and resumed under
 torchrun ends with the weights of one that was not stopped; (d) only process 0 writes files. Also: the synchronised
 BatchNorm against one BatchNorm on the whole batch (forward, gradients, running statistics), the shards of a loader,
-the messages, and TensorBoard's event files."""
+the messages, and TensorBoard's event files. And the command: `torchrun --nproc-per-node 2 -m unet_tutorial.cli train
+--data FOLDER --preset quick --tensorboard DIR` on a folder written here, whose model `unet-predict` then uses."""
 import json, os, socket, subprocess, sys
 from importlib.util import find_spec
 
@@ -19,7 +20,7 @@ from unet_tutorial.distributed import SCALARS, ShardedLoader, SyncBatchNorm2d, T
 from unet_tutorial.loaders import TensorLoader, dls_for
 from unet_tutorial.losses import get_loss, pos_weight_from_masks
 from unet_tutorial.model import build_model
-from unet_tutorial.synthetic import make_synthetic_pets
+from unet_tutorial.synthetic import make_synthetic_folder, make_synthetic_pets
 from unet_tutorial.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -37,15 +38,19 @@ def free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
+def launch(args:list, n=2, **env) -> subprocess.CompletedProcess:
+    "A torchrun launch of `n` processes on this machine running `args` (a script and its arguments, or -m MODULE ...)."
+    env = {**{k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}, 'OMP_NUM_THREADS': '1', **env,
+           'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', str(n), '--master-addr', '127.0.0.1',
+                           '--master-port', str(free_port()), *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+
+
 def torchrun(d, out, tb=None, stop_after=None, n=2) -> dict:
     "A torchrun launch of `n` workers training CFG into `out`; {rank: the files it wrote}."
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     report = d/f'wrote_{out.name}_{len(list(d.glob("wrote_*")))}'; report.mkdir()
-    env.update(UNET_TUTORIAL_CACHE=str(d/'cache'), DDP_WROTE=str(report), OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]))
     args = [to_json(CFG), d/'pets', out, tb or '-'] + ([stop_after] if stop_after else [])
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', str(n), '--master-addr', '127.0.0.1',
-                        '--master-port', str(free_port()), str(REPO/'tests'/'ddp_worker.py'), *map(str, args)],
-                       env=env, capture_output=True, text=True, timeout=600)
+    p = launch([REPO/'tests'/'ddp_worker.py', *args], n, UNET_TUTORIAL_CACHE=str(d/'cache'), DDP_WROTE=str(report))
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     wrote = {int(f.stem): json.loads(f.read_text()) for f in report.glob('*.json')}
     assert sorted(wrote) == list(range(n)), f'reports of ranks {sorted(wrote)} in {report}, expected 0..{n-1}'
@@ -178,3 +183,39 @@ def test_the_messages(monkeypatch):
     monkeypatch.setenv('RANK', '0'); monkeypatch.setenv('LOCAL_RANK', '0'); monkeypatch.setenv('WORLD_SIZE', '3')
     with pytest.raises(BadInput, match='multiple of 3'): cbs_for_launch(CFG)
     with pytest.raises(BadInput, match='--minutes'): cbs_for_launch(CFG.replace(batch_size=6, minutes=1.))
+
+
+@pytest.fixture(scope='module')
+def command(tmp_path_factory):
+    "`unet-train` launched by torchrun on 2 processes: a folder of 16 synthetic pets, the quick preset for 2 epochs."
+    d = tmp_path_factory.mktemp('ddp_cli')
+    pets = make_synthetic_folder(d/'my_pets', n=16, size=32)
+    args = ['-m', 'unet_tutorial.cli', 'train', '--data', pets, '--out', d/'runs', '--preset', 'quick', '--epochs', '2',
+            '--size', '32', '--width', '4'] + (['--tensorboard', d/'tb'] if HAVE_TB else [])
+    return dict(d=d, pets=pets, p=launch(args), run=d/'runs'/'maxpool_transpose_bce'/'seed0')
+
+
+def test_unet_train_under_torchrun_trains_one_run_that_unet_predict_uses(command, capsys):
+    from PIL import Image
+    from unet_tutorial.cli import unet_predict
+    p, run = command['p'], command['run']
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    assert p.stdout.count('\nModel: ') == 1, p.stdout   # process 0 alone prints
+    ck = read_checkpoint(run/'last.pt')
+    assert ck['epoch'] == ck['epochs'] == len(ck['history']) == 2 and (run/'best.pt').is_file(), (ck['epoch'], ck['history'])
+    assert json.loads((run/'metrics.json').read_text())['epochs'] == 2 and (command['d']/'runs'/'results.md').is_file()
+    photo = sorted((command['pets']/'images').iterdir())[0]
+    assert unet_predict([str(photo), '--checkpoint', str(run/'best.pt'), '--out', str(command['d']/'pred')]) == 0
+    mask = Image.open(command['d']/'pred'/f'{photo.stem}_mask.png')
+    assert mask.size == Image.open(photo).size
+
+
+@pytest.mark.skipif(not HAVE_TB, reason='tensorboard is not installed (pip install unet_tutorial[tensorboard])')
+def test_unet_train_tensorboard_writes_the_lessons_scalars_in_the_runs_folder(command):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert command['p'].returncode == 0, command['p'].stderr[-4000:]
+    ea = EventAccumulator(str(command['d']/'tb'/'maxpool_transpose_bce'/'seed0')); ea.Reload()
+    assert set(SCALARS) <= set(ea.Tags()['scalars']), ea.Tags()['scalars']
+    assert [e.step for e in ea.Scalars('loss/train')] == [1, 2]
+    hist = read_checkpoint(command['run']/'last.pt')['history']
+    assert [e.value for e in ea.Scalars('valid/iou')] == pytest.approx([h['iou'] for h in hist], abs=1e-6)

@@ -26,15 +26,15 @@ __all__ = ['TORCHRUN', 'SCALARS', 'launched', 'rank', 'setup', 'ShardedLoader', 
            'out_dir_for', 'on_main_first', 'cbs_for_launch', 'train_distributed']
 
 # %% ../nbs/23_devices.ipynb #d0b0faae
-TORCHRUN = 'torchrun --nproc-per-node N SCRIPT.py ...'   # how a data-parallel run is started: a script calling `train_distributed`
+TORCHRUN = 'torchrun --nproc-per-node N train.py ...'   # how a data-parallel run is started: a script (or -m unet_tutorial.cli train)
 
 def launched() -> bool:
     "Whether this process is one of a `torchrun` launch's workers: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE."
     return all(k in os.environ for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
 
 def rank() -> int:
-    "This process's number in the run: 0 (the one that writes files) to world size - 1; 0 outside a distributed run."
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get('RANK', 0))
+    "This process's number in the run: 0 (the one that writes files) to world size - 1; 0 outside a torchrun launch."
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ['RANK']) if launched() else 0
 
 # %% ../nbs/23_devices.ipynb #16fa80bd
 def setup(device=None, # 'cpu' for gloo on the CPU; None or 'cuda': this process's GPU (LOCAL_RANK) with NCCL where there is one
@@ -42,7 +42,7 @@ def setup(device=None, # 'cpu' for gloo on the CPU; None or 'cuda': this process
     "Join the run torchrun launched: the process group (NCCL on GPUs, gloo on CPUs) and this process's device; returns rank, world, local_rank, device, backend."
     if not launched():
         raise BadInput(f"distributed training runs under torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE, and they are "
-                       f"not set here: start it as `{TORCHRUN}` (or leave the distributed option out to train on one device)")
+                       f"not set here: start it as `{TORCHRUN}`, or train on one device without `setup()`")
     r, world, local = (int(os.environ[k]) for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'))
     gpu = torch.cuda.is_available() and str(device or 'cuda').startswith('cuda')
     if gpu and local >= torch.cuda.device_count():

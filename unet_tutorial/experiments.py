@@ -24,6 +24,7 @@ from .loaders import dls_for, limit_train
 from .model import ConfigError, build_model, check_trainable, count_params, get_experiment
 from .losses import SegMetrics, get_loss, pos_weight_from_masks
 from .stats import t_ppf
+from .callbacks import ProgressCB
 from .trainer import Trainer
 from .config import GPU, RunConfig, check_pets_classes, check_same, data_fingerprint, n_epochs, run_length, settings_of
 
@@ -117,28 +118,27 @@ def train_one(cfg:RunConfig, # the run: its experiment, seed and every training 
               init:dict=None, # weights to start from (fine-tuning, e.g. the reference model's `state_dict()`); None: random
               device=None, # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here
               threads:int|None=None, # CPU threads (the Trainer's `threads`); None: a count that was set, else timed
-              parts=None): # C > 2 classes: `parts(exp, dls) -> (loss, metrics)`, lesson 22's `class_parts(C)`; None: binary
+              parts=None, # C > 2 classes: `parts(exp, dls) -> (loss, metrics)`, lesson 22's `class_parts(C)`; None: binary
+              cbs=(), # more callbacks for the trainer (lesson 23's for torchrun and TensorBoard)
+              write:bool=True): # False: train and write nothing; None back, or a finished run's record (torchrun's other processes, lesson 23)
     "Train, resume or skip (when finished) one run; return its record."
     exp, run_dir = get_experiment(cfg.experiment), Path(run_dir)
     if rec := finished(run_dir, cfg.epochs): return rec
-    try: device = get_device(cfg.device) if device is None else device
-    except ValueError as e: raise BadInput(str(e)) from None
-    try: check_trainable(exp, cfg.width, cfg.depth, device)   # how many GB, before any is allocated
-    except ValueError as e: raise e if isinstance(e, BadInput) else BadInput(str(e)) from None
+    try: device = get_device(cfg.device) if device is None else device; check_trainable(exp, cfg.width, cfg.depth, device)  # GBs
+    except ValueError as e: raise e if isinstance(e, BadInput) else BadInput(str(e)) from None   # before any is allocated
     dls = limit_train(dls, cfg.limit)   # `limit` counts training images, on every path (a no-op when already applied)
     loss, metrics = _run_parts(cfg, exp, dls, parts)   # binary: lesson 06's (BCE weighted from the masks), `SegMetrics`
-    torch.manual_seed(cfg.seed)
-    model = build_model(exp, width=cfg.width, depth=cfg.depth, out_channels=1 if cfg.classes == 2 else cfg.classes)
+    torch.manual_seed(cfg.seed); model = build_model(exp, width=cfg.width, depth=cfg.depth, out_channels=cfg.classes if cfg.classes > 2 else 1)
     if init is not None: model.load_state_dict(init)   # a resumed run then loads its last.pt over these
-    trainer = Trainer(model, loss, dls, cfg, out_dir=run_dir, cbs=None if progress else (), device=device, threads=threads,
-                      metrics=metrics)
+    trainer = Trainer(model, loss, dls, cfg, out_dir=run_dir if write else None, cbs=[ProgressCB()] * progress + list(cbs),
+                      device=device, threads=threads, metrics=metrics)
     hist = trainer.fit(resume=True)
     if len(hist) < trainer.epochs: raise KeyboardInterrupt  # stopped by SIGINT/SIGTERM: last.pt holds the finished epochs
+    if not write: return None
     best, ckpt = load_model(run_dir/'best.pt', trainer.device)
     t = time.perf_counter(); test, ious = evaluate_model(best, dls.test, metrics=metrics); test_s = time.perf_counter() - t
     rec = _record(cfg, hist, model, test, ckpt, test_s, trainer, dls.train.n)
-    atomic_save(ious, run_dir/'per_image_iou.json')
-    atomic_save(rec, run_dir/'metrics.json')  # last: its presence marks the run as finished
+    atomic_save(ious, run_dir/'per_image_iou.json'); atomic_save(rec, run_dir/'metrics.json')  # last: it marks the run finished
     return rec
 
 # %% ../nbs/12_experiments.ipynb #51f79a08
@@ -220,7 +220,8 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
                    log=print, # one line per run goes here
                    device=None, # the device, resolved once by the caller (`get_device`); None: `cfg.device`, resolved here, once
                    threads:int|None=None, # CPU threads for every run (the Trainer's `threads`); None: a count that was set, else timed
-                   parts=None): # three classes (`cfg.classes` 3, border 'class'): `train_one`'s `parts`, lesson 22's `class_parts(3)`
+                   parts=None, # three classes (`cfg.classes` 3, border 'class'): `train_one`'s `parts`, lesson 22's `class_parts(3)`
+                   cbs_for=None): # a function of a run's folder name ('maxpool_transpose_bce/seed0') giving `train_one`'s `cbs` for it
     "Train every experiment with every seed (skipping finished runs, resuming unfinished ones); their `Comparison`."
     exps, seeds, device = _checked_runs(cfg, experiments, seeds, device)
     try: root = check_pets_root(root)
@@ -234,12 +235,11 @@ def run_comparison(root, # dataset root in the official layout (`ROOT/oxford-iii
         run = cfg.replace(experiment=exp.key, seed=seed)
         run_dir, what = Path(out)/exp.name/f"seed{seed}", f"[{i + 1}/{len(todo)}] {exp.label}, seed {seed}"
         if not finished(run_dir, cfg.epochs): log(f"{what}: {run_length(cfg)} on {dls.train.n} images ({device})")
-        records.append(train_one(run, dls, run_dir, progress, device=device, threads=threads, parts=parts))
+        records.append(train_one(run, dls, run_dir, progress, device=device, threads=threads, parts=parts, cbs=cbs_for(f'{exp.name}/seed{seed}') if cbs_for else ()))
         t, flag = records[-1]['test'], one_class(records[-1]['test'])
         log(f"{what}: test IoU {t['iou']:.3f}, pixel accuracy {t['pixel_accuracy']:.2%}, {n_epochs(records[-1]['epochs'])}"
             + (f"; DEGENERATE: it predicts {flag} everywhere, so its numbers are not a result" if flag else ''))
-    settings.update(seeds=seeds, experiments=[e.key for e in exps])
-    dropped = set(dls.dropped['test'])
+    settings.update(seeds=seeds, experiments=[e.key for e in exps]); dropped = set(dls.dropped['test'])
     return Comparison(records, dls, Path(out), settings, [n for n in pets_splits(root)['test'] if n not in dropped])
 
 # %% ../nbs/12_experiments.ipynb #b4e2d002
